@@ -1,0 +1,1 @@
+"""mufleet: launcher, local fleet supervisor and tooling around the Triton model repository."""

@@ -1,0 +1,174 @@
+"""The ``mufleet`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from mufleet import paths
+from mufleet.repository import PROFILES, RenderParams, render, render_cached
+
+
+def _add_repository_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", choices=PROFILES, default="cpu")
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        help="local HF checkpoint (default: the generated tiny Llama, built on first use)",
+    )
+    parser.add_argument("--tokenizer-dir", type=Path, help="HF tokenizer (default: --model-dir)")
+    parser.add_argument("--engine-dir", type=Path, help="TensorRT-LLM engine (trtllm profile)")
+    parser.add_argument("--max-batch-size", type=int, default=8)
+    parser.add_argument("--engine-threads", type=int, default=1, help="torch threads (cpu)")
+
+
+def _render_params(args: argparse.Namespace) -> RenderParams:
+    model_dir = args.model_dir
+    if model_dir is None and args.tokenizer_dir is None:
+        from mufleet.tiny_model import default_model_dir
+
+        model_dir = default_model_dir()
+    tokenizer_dir = args.tokenizer_dir or model_dir
+    return RenderParams(
+        profile=args.profile,
+        tokenizer_dir=Path(tokenizer_dir).resolve(),
+        model_dir=Path(model_dir).resolve() if model_dir else None,
+        engine_dir=Path(args.engine_dir).resolve() if args.engine_dir else None,
+        max_batch_size=args.max_batch_size,
+        engine_threads=args.engine_threads,
+    )
+
+
+class _StopFlag:
+    """Turns SIGINT/SIGTERM into an event the main loop waits on."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._set)
+
+    def _set(self, signum: int, frame: FrameType | None) -> None:
+        self.event.set()
+
+
+def cmd_make_model(args: argparse.Namespace) -> int:
+    from mufleet.tiny_model import build_tiny_model, default_model_dir
+
+    out = build_tiny_model(args.out) if args.out else default_model_dir()
+    print(out)
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    print(render(_render_params(args), args.out))
+    return 0
+
+
+def cmd_triton(args: argparse.Namespace) -> int:
+    from mufleet.node import NodePorts, TritonNode
+    from mufleet.triton_dist import locate
+
+    stop = _StopFlag()
+    node = TritonNode(
+        name="triton",
+        repository=render_cached(_render_params(args)),
+        triton=locate(),
+        ports=NodePorts(args.http_port, args.grpc_port, args.metrics_port),
+        host=args.host,
+        log_path=args.log_file,
+    )
+    node.start()
+    try:
+        node.wait_ready(args.ready_timeout)
+        print(f"ready: http {node.http_url}  grpc {node.grpc_url}  metrics {node.metrics_url}")
+        sys.stdout.flush()
+        while not stop.event.wait(0.5):
+            if not node.alive():
+                print(f"tritonserver exited with code {node.process and node.process.returncode}")
+                return 1
+    finally:
+        node.stop()
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from mufleet.fleet import LocalFleet
+    from mufleet.triton_dist import locate
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    stop = _StopFlag()
+    log_dir = args.log_dir or paths.home() / "logs"
+    fleet = LocalFleet(
+        repository=render_cached(_render_params(args)),
+        triton=locate(),
+        nodes=args.nodes,
+        base_port=args.base_port,
+        host=args.host,
+        log_dir=log_dir,
+    )
+    print(f"starting {args.nodes} node(s); logs in {log_dir}")
+    fleet.start()
+    try:
+        fleet.wait_ready(args.ready_timeout)
+        for node in fleet.members:
+            print(
+                f"{node.name}: http {node.http_url}  grpc {node.grpc_url}  "
+                f"metrics {node.metrics_url}"
+            )
+        print("fleet ready; Ctrl-C stops it")
+        sys.stdout.flush()
+        while not stop.event.wait(1.0):
+            fleet.supervise_once()
+    finally:
+        print("stopping fleet")
+        fleet.stop()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mufleet", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    make = sub.add_parser("make-model", help="build the seeded tiny Llama checkpoint")
+    make.add_argument("--out", type=Path, help="output directory (default: the cached one)")
+    make.set_defaults(func=cmd_make_model)
+
+    rend = sub.add_parser("render", help="render the model repository for a profile")
+    _add_repository_args(rend)
+    rend.add_argument("--out", type=Path, required=True)
+    rend.set_defaults(func=cmd_render)
+
+    triton = sub.add_parser("triton", help="run one tritonserver in the foreground")
+    _add_repository_args(triton)
+    triton.add_argument("--host", default="127.0.0.1")
+    triton.add_argument("--http-port", type=int, default=8000)
+    triton.add_argument("--grpc-port", type=int, default=8001)
+    triton.add_argument("--metrics-port", type=int, default=8002)
+    triton.add_argument("--log-file", type=Path)
+    triton.add_argument("--ready-timeout", type=float, default=300.0)
+    triton.set_defaults(func=cmd_triton)
+
+    up = sub.add_parser("up", help="start and supervise a local fleet of nodes")
+    _add_repository_args(up)
+    up.add_argument("--nodes", type=int, default=2)
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--base-port", type=int, default=8000)
+    up.add_argument("--log-dir", type=Path)
+    up.add_argument("--ready-timeout", type=float, default=300.0)
+    up.set_defaults(func=cmd_up)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Render the template model repository for one engine profile.
+
+Templates live in ``model_repository/``. A model directory that holds ``profiles/`` has one
+variant per profile (``profiles/<profile>/config.pbtxt`` and its version folders); the
+renderer copies that variant in its place. ``${name}`` placeholders in every
+``config.pbtxt`` are filled from :class:`RenderParams`; a placeholder with no value is an
+error, never an empty string.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from mufleet import paths
+
+Profile = Literal["cpu", "trtllm"]
+PROFILES: tuple[str, ...] = ("cpu", "trtllm")
+_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class RenderError(ValueError):
+    """The templates or the parameters cannot make a valid repository."""
+
+
+class RenderParams(BaseModel):
+    """Everything that differs between two rendered repositories."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    profile: Profile = "cpu"
+    tokenizer_dir: Path
+    model_dir: Path | None = Field(None, description="HF checkpoint (cpu profile)")
+    engine_dir: Path | None = Field(None, description="TensorRT-LLM engine (trtllm profile)")
+    max_batch_size: int = Field(8, ge=1, le=1024)
+    priority_levels: int = Field(3, ge=1, le=16)
+    default_priority_level: int = Field(2, ge=1)
+    max_queue_delay_us: int = Field(500, ge=0)
+    kv_cache_free_gpu_mem_fraction: float = Field(0.9, gt=0.0, le=1.0)
+    enable_kv_cache_reuse: bool = True
+    batching_strategy: Literal["inflight_fused_batching", "V1"] = "inflight_fused_batching"
+    prefix_cache_mb: int = Field(256, ge=0, description="cpu engine prefix KV cache budget")
+    engine_threads: int = Field(1, ge=1, le=64, description="torch threads per cpu engine")
+
+    @model_validator(mode="after")
+    def _check(self) -> RenderParams:
+        if self.default_priority_level > self.priority_levels:
+            raise ValueError("default_priority_level must be within priority_levels")
+        if self.profile == "trtllm" and self.engine_dir is None:
+            raise ValueError("the trtllm profile needs engine_dir")
+        return self
+
+    def variables(self) -> dict[str, str]:
+        """Template variables, as the strings that go into ``config.pbtxt``."""
+        values: dict[str, str] = {}
+        for key, value in self.model_dump().items():
+            if key == "profile":
+                continue
+            if isinstance(value, bool):
+                values[key] = "true" if value else "false"
+            elif value is None:
+                values[key] = ""
+            else:
+                values[key] = str(value)
+        values["model_dir"] = str(self.model_dir or self.tokenizer_dir)
+        values["engine_dir"] = str(self.engine_dir or "")
+        return values
+
+    def digest(self) -> str:
+        """Short stable hash naming a rendered repository."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def fill(text: str, variables: dict[str, str], where: str = "template") -> str:
+    """Replace ``${name}`` placeholders; unknown names raise :class:`RenderError`."""
+
+    def sub(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in variables:
+            raise RenderError(f"{where}: no value for ${{{name}}}")
+        return variables[name]
+
+    return _PLACEHOLDER.sub(sub, text)
+
+
+def _copy_model(src: Path, dst: Path, profile: str) -> None:
+    variants = src / "profiles"
+    if variants.is_dir():
+        chosen = variants / profile
+        if not chosen.is_dir():
+            raise RenderError(f"model {src.name} has no variant for profile {profile!r}")
+        src = chosen
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "profiles"))
+
+
+def render(params: RenderParams, out: Path, templates: Path | None = None) -> Path:
+    """Write a complete repository for ``params`` into ``out`` (replaced atomically)."""
+    templates = templates or paths.model_repository_templates()
+    if not templates.is_dir():
+        raise RenderError(f"template repository not found: {templates}")
+    variables = params.variables()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".render-", dir=out.parent))
+    try:
+        for model in sorted(p for p in templates.iterdir() if p.is_dir()):
+            if model.name.startswith((".", "_")):
+                continue
+            _copy_model(model, staging / model.name, params.profile)
+            config = staging / model.name / "config.pbtxt"
+            if not config.exists():
+                raise RenderError(f"model {model.name} has no config.pbtxt")
+            config.write_text(fill(config.read_text(), variables, str(config)))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def templates_digest(templates: Path) -> str:
+    """Hash of every template file, so an edited template renders anew."""
+    digest = hashlib.sha256()
+    for file in sorted(templates.rglob("*")):
+        if file.is_file() and "__pycache__" not in file.parts:
+            digest.update(str(file.relative_to(templates)).encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def render_cached(params: RenderParams, templates: Path | None = None) -> Path:
+    """Render into the mufleet home once per (parameters, templates) pair.
+
+    A running server keeps reading its repository (model reloads), so an existing
+    rendering is never rewritten in place: new content gets a new directory.
+    """
+    templates = templates or paths.model_repository_templates()
+    name = f"{params.profile}-{params.digest()}-{templates_digest(templates)}"
+    out = paths.home() / "repos" / name
+    if out.is_dir():
+        return out
+    return render(params, out, templates)

@@ -1,0 +1,327 @@
+"""Continuous batching of a Hugging Face causal LM on CPU.
+
+One engine thread owns the model. Each iteration it admits waiting requests (up to
+``max_num_sequences`` in flight), prefills each newcomer (reusing a cached prefix when
+one matches), then runs one decode step for every running sequence in a single batched
+forward pass: per-sequence KV states are left-padded to a common length and masked.
+Finished sequences leave their KV in the :class:`PrefixCache` for later turns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from python_backends.cpu_engine.prefix_cache import KVState, PrefixCache, kv_length
+from python_backends.cpu_engine.sampling import TokenSampler
+from python_backends.engine_types import EngineStats, TokenEvent
+from python_backends.generation import GenerationSpec
+
+
+Emit = Callable[[TokenEvent], None]
+
+
+@dataclass
+class EngineConfig:
+    model_dir: Path
+    max_num_sequences: int = 8
+    prefix_cache_bytes: int = 256 << 20
+    threads: int = 1
+    kv_block_tokens: int = 16
+    """Granularity of the exported ``nv_trt_llm_kv_cache_block_metrics`` (tokens per block)."""
+
+
+@dataclass
+class _Sequence:
+    request_id: int
+    spec: GenerationSpec
+    emit: Emit
+    is_cancelled: Callable[[], bool]
+    sampler: TokenSampler
+    fed: list[int] = field(default_factory=list)
+    kv: KVState | None = None
+    generated: list[int] = field(default_factory=list)
+    log_probs: list[float] = field(default_factory=list)
+    cached_tokens: int = 0
+    finish_reason: str | None = None
+
+
+def _to_cache(kv: KVState) -> object:
+    from transformers import DynamicCache
+
+    return DynamicCache(ddp_cache_data=[(k, v) for k, v in kv])
+
+
+def _from_cache(cache: object) -> KVState:
+    layers = cache.layers  # type: ignore[attr-defined]
+    return tuple((layer.keys, layer.values) for layer in layers)
+
+
+class CpuEngine:
+    """Serves :class:`GenerationSpec` requests with a local HF checkpoint."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        self.config = config
+        torch.set_num_threads(config.threads)
+        hf_config = AutoConfig.from_pretrained(str(config.model_dir))
+        self.model = AutoModelForCausalLM.from_pretrained(
+            str(config.model_dir), dtype=torch.float32
+        ).eval()
+        self.vocab_size = int(hf_config.vocab_size)
+        self.max_context = int(getattr(hf_config, "max_position_embeddings", 2048))
+        self.prefix_cache = PrefixCache(config.prefix_cache_bytes)
+        self._ids = itertools.count()
+        self._waiting: deque[_Sequence] = deque()
+        self._running: list[_Sequence] = []
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stop = False
+        self.on_step: Callable[[EngineStats], None] | None = None
+        self.stats = EngineStats(
+            max_sequences=config.max_num_sequences, kv_tokens_per_block=config.kv_block_tokens
+        )
+
+    # -- requests ------------------------------------------------------------------
+    def submit(
+        self,
+        spec: GenerationSpec,
+        emit: Emit,
+        is_cancelled: Callable[[], bool] = lambda: False,
+    ) -> int:
+        """Queue a request; ``emit`` is called from the engine thread."""
+        seq = _Sequence(next(self._ids), spec, emit, is_cancelled, TokenSampler(spec))
+        with self._cond:
+            self._waiting.append(seq)
+            self._cond.notify_all()
+        return seq.request_id
+
+    def wait_admitted(self, timeout: float | None = None) -> bool:
+        """Block until nothing waits for a slot; keeps later requests in Triton's queue.
+
+        While this blocks, newer requests stay in Triton's priority queue, so a
+        high-priority request overtakes queued lower-priority ones.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._waiting and not self._stop:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+        return True
+
+    # -- engine thread ---------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="cpu-engine", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+        for seq in [*self._waiting, *self._running]:
+            self._fail(seq, "engine stopped")
+        self._waiting.clear()
+        self._running.clear()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stop and not self._waiting and not self._running:
+                    self._cond.wait()
+                if self._stop:
+                    return
+            self.step()
+
+    def step(self) -> None:
+        """One iteration: admit and prefill newcomers, then one batched decode step."""
+        admitted: list[_Sequence] = []
+        with self._cond:
+            while (
+                self._waiting and len(self._running) + len(admitted) < self.config.max_num_sequences
+            ):
+                admitted.append(self._waiting.popleft())
+            self._cond.notify_all()
+        self.stats.context = len(admitted)
+        for seq in admitted:
+            if self._guard(seq, self._prefill):
+                self._running.append(seq)
+        decoding = [s for s in self._running if s.finish_reason is None and s.generated]
+        if decoding:
+            try:
+                self._decode(decoding)
+            except Exception as exc:  # a failed batch fails its requests, not the engine
+                for seq in decoding:
+                    self._fail(seq, f"decode failed: {exc}")
+        self._running = [s for s in self._running if s.finish_reason is None]
+        self._refresh_stats()
+        if self.on_step is not None:
+            self.on_step(self.stats)
+
+    # -- model work --------------------------------------------------------------------
+    def _guard(self, seq: _Sequence, work: Callable[[_Sequence], None]) -> bool:
+        try:
+            work(seq)
+        except Exception as exc:
+            self._fail(seq, f"prefill failed: {exc}")
+            return False
+        return seq.finish_reason is None
+
+    @torch.inference_mode()
+    def _prefill(self, seq: _Sequence) -> None:
+        prompt = list(seq.spec.input_ids)
+        cached, kv = self.prefix_cache.lookup(prompt)
+        seq.cached_tokens = cached
+        new = prompt[cached:]
+        input_ids = torch.tensor([new], dtype=torch.long)
+        positions = torch.arange(cached, len(prompt), dtype=torch.long).unsqueeze(0)
+        out = self.model(
+            input_ids=input_ids,
+            position_ids=positions,
+            past_key_values=_to_cache(kv) if kv is not None else None,
+            use_cache=True,
+        )
+        seq.kv = _from_cache(out.past_key_values)
+        seq.fed = prompt
+        self.stats.prefill_tokens += len(new)
+        self.stats.cached_prompt_tokens += cached
+        self.stats.kv_blocks_reused += cached // self.config.kv_block_tokens
+        self._accept(seq, out.logits[0, -1])
+
+    @torch.inference_mode()
+    def _decode(self, batch: list[_Sequence]) -> None:
+        lengths = [len(s.fed) for s in batch]
+        longest = max(lengths)
+        next_ids = torch.tensor([[s.generated[-1]] for s in batch], dtype=torch.long)
+        positions = torch.tensor([[n] for n in lengths], dtype=torch.long)
+        if len(batch) == 1:
+            kv = batch[0].kv
+            mask = None
+        else:
+            kv = self._pad_batch([s.kv for s in batch if s.kv is not None], lengths, longest)
+            mask = torch.zeros((len(batch), longest + 1), dtype=torch.long)
+            for row, n in enumerate(lengths):
+                mask[row, longest - n :] = 1
+        assert kv is not None
+        out = self.model(
+            input_ids=next_ids,
+            position_ids=positions,
+            attention_mask=mask,
+            past_key_values=_to_cache(kv),
+            use_cache=True,
+        )
+        merged = _from_cache(out.past_key_values)
+        for row, seq in enumerate(batch):
+            start = longest - lengths[row]
+            seq.kv = tuple(
+                (k[row : row + 1, :, start:], v[row : row + 1, :, start:]) for k, v in merged
+            )
+            seq.fed.append(seq.generated[-1])
+            self._accept(seq, out.logits[row, -1])
+
+    @staticmethod
+    def _pad_batch(kvs: list[KVState], lengths: list[int], longest: int) -> KVState:
+        layers = []
+        for layer in range(len(kvs[0])):
+            keys, values = [], []
+            for kv, n in zip(kvs, lengths, strict=True):
+                k, v = kv[layer]
+                pad = longest - n
+                if pad:
+                    k = torch.nn.functional.pad(k, (0, 0, pad, 0))
+                    v = torch.nn.functional.pad(v, (0, 0, pad, 0))
+                keys.append(k)
+                values.append(v)
+            layers.append((torch.cat(keys), torch.cat(values)))
+        return tuple(layers)
+
+    # -- bookkeeping -------------------------------------------------------------------
+    def _accept(self, seq: _Sequence, logits: torch.Tensor) -> None:
+        if seq.is_cancelled():
+            self._fail(seq, "cancelled")
+            return
+        token, log_prob = seq.sampler.choose(logits, seq.generated)
+        spec = seq.spec
+        if token == spec.end_id and len(seq.generated) >= spec.min_tokens:
+            self._finish(seq, "end_id")
+            return
+        seq.generated.append(token)
+        seq.log_probs.append(log_prob)
+        if any(tuple(seq.generated[-len(w) :]) == w for w in spec.stop_words):
+            reason: str | None = "stop_words"
+        elif len(seq.generated) >= spec.max_new_tokens:
+            reason = "length"
+        else:
+            reason = None
+        if spec.streaming:
+            seq.emit(
+                TokenEvent(
+                    (token,),
+                    (log_prob,),
+                    reason is not None,
+                    reason,
+                    cached_tokens=seq.cached_tokens,
+                )
+            )
+        if reason is not None:
+            self._finish(seq, reason, streamed=spec.streaming)
+
+    def _finish(self, seq: _Sequence, reason: str, streamed: bool = False) -> None:
+        seq.finish_reason = reason
+        self.stats.completed += 1
+        if seq.kv is not None and kv_length(seq.kv) == len(seq.fed):
+            self.prefix_cache.insert(seq.fed, seq.kv)
+        seq.kv = None
+        if not streamed:
+            if seq.spec.streaming:
+                seq.emit(TokenEvent((), (), True, reason, cached_tokens=seq.cached_tokens))
+            else:
+                seq.emit(
+                    TokenEvent(
+                        tuple(seq.generated),
+                        tuple(seq.log_probs),
+                        True,
+                        reason,
+                        cached_tokens=seq.cached_tokens,
+                    )
+                )
+
+    def _fail(self, seq: _Sequence, message: str) -> None:
+        seq.finish_reason = "error"
+        seq.kv = None
+        # The owner may be gone (client disconnected); there is nobody left to tell.
+        with contextlib.suppress(Exception):
+            seq.emit(TokenEvent((), (), True, "error", error=message))
+
+    def _refresh_stats(self) -> None:
+        stats, block = self.stats, self.config.kv_block_tokens
+        with self._cond:
+            stats.waiting = len(self._waiting)
+        stats.active = len(self._running)
+        stats.scheduled = len(self._running)
+        live_tokens = sum(len(s.fed) for s in self._running)
+        stats.kv_blocks_used = -(-(live_tokens + self.prefix_cache.tokens_held) // block)
+        per_token = self._bytes_per_token()
+        stats.kv_blocks_max = max(
+            stats.kv_blocks_used, self.config.prefix_cache_bytes // max(per_token * block, 1)
+        )
+
+    def _bytes_per_token(self) -> int:
+        cfg = self.model.config
+        heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        return int(2 * cfg.num_hidden_layers * heads * head_dim * 4)

@@ -1,0 +1,1 @@
+"""mufleet router: prices requests in Model Units and routes them across Triton nodes."""
