@@ -65,14 +65,14 @@ class GenerationSpec:
     priority: int | None = None
 
 
-def _scalar(inputs: Mapping[str, np.ndarray], name: str) -> np.generic | None:
+def _scalar(inputs: Mapping[str, np.ndarray], name: str) -> int | float | bool | None:
     value = inputs.get(name)
     if value is None:
         return None
     arr = np.asarray(value).reshape(-1)
     if arr.size != 1:
         raise InvalidGenerationError(f"{name} must hold one value, got {arr.size}")
-    item: np.generic = arr[0]
+    item: int | float | bool = arr[0].item()
     return item
 
 
@@ -94,13 +94,13 @@ def parse_generation(
     ids = np.asarray(inputs["input_ids"]).reshape(-1)
     if ids.size == 0:
         raise InvalidGenerationError("input_ids must not be empty")
-    length = int(np.asarray(_scalar(inputs, "input_lengths")))
+    length = int(_scalar(inputs, "input_lengths") or 0)
     if not 0 < length <= ids.size:
         raise InvalidGenerationError(f"input_lengths={length} does not fit {ids.size} input_ids")
     ids = ids[:length]
     if ids.min() < 0 or ids.max() >= vocab_size:
         raise InvalidGenerationError(f"input_ids must lie in [0, {vocab_size})")
-    max_new = int(np.asarray(_scalar(inputs, "request_output_len")))
+    max_new = int(_scalar(inputs, "request_output_len") or 0)
     if max_new < 1:
         raise InvalidGenerationError(f"request_output_len must be at least 1, got {max_new}")
     if length + max_new > max_context:

@@ -122,5 +122,6 @@ class TextDecoder:
         texts: list[bytes] = []
         for beam, length in zip(beams, lengths, strict=False):
             ids = [int(t) for t in beam[: max(int(length), 0)]]
-            texts.append(self.tokenizer.decode(ids, skip_special_tokens=True).encode("utf-8"))
+            text = str(self.tokenizer.decode(ids, skip_special_tokens=True))
+            texts.append(text.encode("utf-8"))
         return texts

@@ -63,9 +63,9 @@ class TrtLlmMetrics:
         out: dict[tuple[str, str], float] = {}
         for label, attr in REQUEST_TYPES.items():
             out[("request", label)] = float(getattr(stats, attr))
-        for label, attr in KV_BLOCK_TYPES.items():
-            if attr is not None:
-                out[("kv", label)] = float(getattr(stats, attr))
+        for label, field in KV_BLOCK_TYPES.items():
+            if field is not None:
+                out[("kv", label)] = float(getattr(stats, field))
         out[("kv", "free")] = float(max(stats.kv_blocks_max - stats.kv_blocks_used, 0))
         return out
 

@@ -25,7 +25,6 @@ from python_backends.cpu_engine.sampling import TokenSampler
 from python_backends.engine_types import EngineStats, TokenEvent
 from python_backends.generation import GenerationSpec
 
-
 Emit = Callable[[TokenEvent], None]
 
 

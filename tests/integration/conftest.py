@@ -13,12 +13,9 @@ from mufleet.repository import RenderParams, render
 from mufleet.triton_dist import locate
 
 
-
 @pytest.fixture(scope="session")
 def triton_node(tiny_model_dir: Path, mufleet_home: Path) -> Iterator[TritonNode]:
-    params = RenderParams(
-        profile="cpu", tokenizer_dir=tiny_model_dir, max_batch_size=ENGINE_SLOTS
-    )
+    params = RenderParams(profile="cpu", tokenizer_dir=tiny_model_dir, max_batch_size=ENGINE_SLOTS)
     node = TritonNode(
         name="test",
         repository=render(params, mufleet_home / "repo-test"),

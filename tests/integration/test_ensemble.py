@@ -66,7 +66,9 @@ def test_http_infer_and_grpc_stream_agree_for_a_seed(triton_node: TritonNode) ->
         arrivals = recorder.drain(finals_expected=2)
     finally:
         client.stop_stream()
-    streamed = {rid: [t for r, toks in arrivals if r == rid for t in toks] for rid in ("same", "other")}
+    streamed = {
+        rid: [t for r, toks in arrivals if r == rid for t in toks] for rid in ("same", "other")
+    }
     assert unary_tokens, "unary call produced no tokens"
     assert streamed["same"] == unary_tokens
     assert streamed["other"] != unary_tokens, "a different seed should sample differently"
@@ -109,4 +111,6 @@ def test_success_metric_grows(triton_node: TritonNode) -> None:
 def test_engine_exports_trtllm_metric_names(triton_node: TritonNode) -> None:
     url = triton_node.metrics_url
     assert metric_value(url, "nv_trt_llm_request_metrics", request_type="max") >= 1
-    assert metric_value(url, "nv_trt_llm_kv_cache_block_metrics", kv_cache_block_type="tokens_per") > 0
+    assert (
+        metric_value(url, "nv_trt_llm_kv_cache_block_metrics", kv_cache_block_type="tokens_per") > 0
+    )

@@ -62,8 +62,20 @@ def _generate(port: int) -> int:
 def test_up_supervises_two_nodes(tiny_model_dir: Path, mufleet_home: Path) -> None:
     base = _free_base_port(2)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mufleet.cli", "up", "--nodes", "2", "--base-port", str(base),
-         "--model-dir", str(tiny_model_dir), "--max-batch-size", "2"],
+        [
+            sys.executable,
+            "-m",
+            "mufleet.cli",
+            "up",
+            "--nodes",
+            "2",
+            "--base-port",
+            str(base),
+            "--model-dir",
+            str(tiny_model_dir),
+            "--max-batch-size",
+            "2",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
