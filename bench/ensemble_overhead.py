@@ -26,7 +26,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 
 from mufleet.node import NodePorts, TritonNode
-from mufleet.repository import RenderParams, render
+from mufleet.repository import RenderParams, render_cached
 from mufleet.streaming_client import RequestTiming, stream_request, text_inputs, token_inputs
 from mufleet.tiny_model import CORPUS_PATH, default_model_dir
 from mufleet.triton_dist import locate
@@ -187,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         params = RenderParams(tokenizer_dir=model_dir, max_batch_size=max(levels))
         node = TritonNode(
             "bench",
-            render(params, args.out / "repo"),
+            render_cached(params),
             locate(),
             NodePorts.ephemeral(),
             log_path=args.out / "bench-node.log",
