@@ -17,8 +17,8 @@
 # /models holds the repository rendered at start-up by the entrypoint.
 #
 # Only the paths the image needs are copied (no `COPY . .`), so a local .venv
-# or bench results never end up in a layer. A .dockerignore listing .venv
-# would also keep them out of the build context upload.
+# or bench results never end up in a layer; .dockerignore keeps them out of
+# the build context upload too.
 
 FROM nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3
 
