@@ -26,6 +26,18 @@ def _add_repository_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine-dir", type=Path, help="TensorRT-LLM engine (trtllm profile)")
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--engine-threads", type=int, default=1, help="torch threads (cpu)")
+    parser.add_argument(
+        "--hardware-profile",
+        default="llama-3.1-8b_h100-sxm_tp1",
+        help="sim: a file or the name of a shipped profile in profiles/hardware/",
+    )
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="sim: run N times slower than the emulated GPU (for hosts too small to relay "
+        "its token rate)",
+    )
 
 
 def _render_params(args: argparse.Namespace) -> RenderParams:
@@ -35,6 +47,14 @@ def _render_params(args: argparse.Namespace) -> RenderParams:
 
         model_dir = default_model_dir()
     tokenizer_dir = args.tokenizer_dir or model_dir
+    sim = args.profile == "sim"
+    hardware = None
+    max_context = 0
+    if sim:
+        from python_backends.sim_engine.hardware import HardwareProfile, resolve_profile
+
+        hardware = resolve_profile(args.hardware_profile).resolve()
+        max_context = HardwareProfile.load(hardware).max_context
     return RenderParams(
         profile=args.profile,
         tokenizer_dir=Path(tokenizer_dir).resolve(),
@@ -42,6 +62,9 @@ def _render_params(args: argparse.Namespace) -> RenderParams:
         engine_dir=Path(args.engine_dir).resolve() if args.engine_dir else None,
         max_batch_size=args.max_batch_size,
         engine_threads=args.engine_threads,
+        hardware_profile=hardware,
+        time_scale=args.time_scale,
+        max_context=max_context,
     )
 
 
@@ -131,6 +154,22 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fault(args: argparse.Namespace) -> int:
+    from python_backends.sim_engine.faults import FaultSwitches, write_faults
+
+    switches = FaultSwitches(
+        hang=args.hang,
+        slowdown=args.slowdown,
+        error_rate=args.error_rate,
+        garbage=args.garbage,
+        crash=args.crash,
+    )
+    path = args.file or paths.home() / "faults" / f"{args.node}.json"
+    write_faults(path, switches)
+    print(f"{path}: {switches.model_dump_json()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mufleet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -162,6 +201,20 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--log-dir", type=Path)
     up.add_argument("--ready-timeout", type=float, default=300.0)
     up.set_defaults(func=cmd_up)
+
+    fault = sub.add_parser(
+        "fault",
+        help="set the fault switches of a sim node (no flags: clear them)",
+        description="Writes the node's control file; the sim engine applies it within 50 ms.",
+    )
+    fault.add_argument("node", help="node name, e.g. node1 (as printed by `mufleet up`)")
+    fault.add_argument("--file", type=Path, help="control file (default: by node name)")
+    fault.add_argument("--hang", action="store_true", help="stop producing tokens")
+    fault.add_argument("--slowdown", type=float, default=1.0, help="iteration time factor")
+    fault.add_argument("--error-rate", type=float, default=0.0, help="fraction failed")
+    fault.add_argument("--garbage", action="store_true", help="invalid tokens, wrong lengths")
+    fault.add_argument("--crash", action="store_true", help="the engine process exits")
+    fault.set_defaults(func=cmd_fault)
     return parser
 
 

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from mufleet import paths
 from mufleet.triton_dist import TritonDistribution
+from python_backends.sim_engine.faults import FAULT_FILE_ENV
 
 
 class NodeStartError(RuntimeError):
@@ -64,6 +66,8 @@ class TritonNode:
     host: str = "127.0.0.1"
     log_path: Path | None = None
     extra_args: tuple[str, ...] = ()
+    fault_file: Path | None = None
+    """Control file of a sim engine's fault switches (default: ``faults/<name>.json``)."""
     process: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = None
 
@@ -78,6 +82,10 @@ class TritonNode:
     @property
     def metrics_url(self) -> str:
         return f"http://{self.host}:{self.ports.metrics}/metrics"
+
+    def __post_init__(self) -> None:
+        if self.fault_file is None:
+            self.fault_file = paths.home() / "faults" / f"{self.name}.json"
 
     def command(self) -> list[str]:
         """The full ``tritonserver`` command line for this node."""
@@ -111,7 +119,7 @@ class TritonNode:
             self._log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the node
         self.process = subprocess.Popen(
             self.command(),
-            env=self.triton.environment(),
+            env={**self.triton.environment(), FAULT_FILE_ENV: str(self.fault_file)},
             stdout=self._log if self._log else subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -1,8 +1,10 @@
 """Render the template model repository for one engine profile.
 
-Templates live in ``model_repository/``. A model directory that holds ``profiles/`` has one
-variant per profile (``profiles/<profile>/config.pbtxt`` and its version folders); the
-renderer copies that variant in its place. ``${name}`` placeholders in every
+Templates live in ``model_repository/``. A model directory that holds ``profiles/`` has
+variants (``profiles/<variant>/config.pbtxt`` and its version folders); the renderer copies
+the variant of the chosen profile in its place. The ``cpu`` and ``sim`` profiles share the
+``python`` variant of ``tensorrt_llm``: one Python model whose ``engine`` parameter picks
+the engine. ``${name}`` placeholders in every
 ``config.pbtxt`` are filled from :class:`RenderParams`; a placeholder with no value is an
 error, never an empty string.
 """
@@ -22,8 +24,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mufleet import paths
 
-Profile = Literal["cpu", "trtllm"]
-PROFILES: tuple[str, ...] = ("cpu", "trtllm")
+Profile = Literal["cpu", "sim", "trtllm"]
+PROFILES: tuple[str, ...] = ("cpu", "sim", "trtllm")
+VARIANTS: dict[str, str] = {"cpu": "python", "sim": "python", "trtllm": "trtllm"}
+"""Which ``profiles/<variant>`` of a model each profile uses."""
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -49,6 +53,11 @@ class RenderParams(BaseModel):
     batching_strategy: Literal["inflight_fused_batching", "V1"] = "inflight_fused_batching"
     prefix_cache_mb: int = Field(256, ge=0, description="cpu engine prefix KV cache budget")
     engine_threads: int = Field(1, ge=1, le=64, description="torch threads per cpu engine")
+    max_context: int = Field(
+        0, ge=0, description="context window; 0 reads it from the checkpoint's config"
+    )
+    hardware_profile: Path | None = Field(None, description="sim: emulated (model, GPU) pair")
+    time_scale: float = Field(1.0, gt=0.0, description="sim: wall seconds per emulated second")
 
     @model_validator(mode="after")
     def _check(self) -> RenderParams:
@@ -56,6 +65,8 @@ class RenderParams(BaseModel):
             raise ValueError("default_priority_level must be within priority_levels")
         if self.profile == "trtllm" and self.engine_dir is None:
             raise ValueError("the trtllm profile needs engine_dir")
+        if self.profile == "sim" and self.hardware_profile is None:
+            raise ValueError("the sim profile needs hardware_profile")
         return self
 
     def variables(self) -> dict[str, str]:
@@ -72,6 +83,8 @@ class RenderParams(BaseModel):
                 values[key] = str(value)
         values["model_dir"] = str(self.model_dir or self.tokenizer_dir)
         values["engine_dir"] = str(self.engine_dir or "")
+        values["hardware_profile"] = str(self.hardware_profile or "")
+        values["engine"] = self.profile
         return values
 
     def digest(self) -> str:
@@ -95,7 +108,7 @@ def fill(text: str, variables: dict[str, str], where: str = "template") -> str:
 def _copy_model(src: Path, dst: Path, profile: str) -> None:
     variants = src / "profiles"
     if variants.is_dir():
-        chosen = variants / profile
+        chosen = variants / VARIANTS[profile]
         if not chosen.is_dir():
             raise RenderError(f"model {src.name} has no variant for profile {profile!r}")
         src = chosen

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
+
+from python_backends.generation import GenerationSpec
 
 
 @dataclass
@@ -33,3 +37,31 @@ class TokenEvent:
     finish_reason: str | None = None
     error: str | None = None
     cached_tokens: int = 0
+    sequence_length: int | None = None
+    """Reported length when it differs from ``len(token_ids)`` (only a faulty engine)."""
+
+
+Emit = Callable[[TokenEvent], None]
+
+
+class Engine(Protocol):
+    """What the ``tensorrt_llm`` Python model needs from an engine, whatever the profile."""
+
+    vocab_size: int
+    max_context: int
+    stats: EngineStats
+    on_step: Callable[[EngineStats], None] | None
+
+    def submit(
+        self, spec: GenerationSpec, emit: Emit, is_cancelled: Callable[[], bool] = ...
+    ) -> int:
+        """Queue a request; ``emit`` is called (from the engine thread) with its events."""
+
+    def wait_admitted(self, timeout: float | None = None) -> bool:
+        """Block until no submitted request waits for a slot; False on timeout."""
+
+    def start(self) -> None:
+        """Start the engine thread."""
+
+    def stop(self) -> None:
+        """Stop it, failing whatever is still queued or running."""

@@ -116,12 +116,27 @@ class TextDecoder:
         self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
 
     def decode(self, tokens: np.ndarray, sequence_length: np.ndarray) -> list[bytes]:
-        """Decode ``[beam, tokens]`` with per-beam lengths into one UTF-8 text per beam."""
+        """Decode ``[beam, tokens]`` with per-beam lengths into one UTF-8 text per beam.
+
+        Ids the tokenizer does not know (a faulty engine) become U+FFFD rather than an
+        error, so the caller sees the garbage instead of a failed request.
+        """
         beams = np.atleast_2d(np.asarray(tokens))
         lengths = np.atleast_1d(np.asarray(sequence_length)).reshape(-1)
+        vocab = len(self.tokenizer)
         texts: list[bytes] = []
         for beam, length in zip(beams, lengths, strict=False):
             ids = [int(t) for t in beam[: max(int(length), 0)]]
-            text = str(self.tokenizer.decode(ids, skip_special_tokens=True))
+            known = [t for t in ids if 0 <= t < vocab]
+            text = str(self.tokenizer.decode(known, skip_special_tokens=True))
+            if len(known) != len(ids):
+                text += "\ufffd"
             texts.append(text.encode("utf-8"))
         return texts
+
+
+def tokenizer_vocab_size(tokenizer_dir: Path) -> int:
+    """Number of ids the tokenizer can decode (engines that invent tokens stay inside it)."""
+    from transformers import AutoTokenizer
+
+    return len(AutoTokenizer.from_pretrained(str(tokenizer_dir)))

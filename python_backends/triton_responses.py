@@ -16,7 +16,9 @@ def token_event_tensors(event: TokenEvent) -> dict[str, np.ndarray]:
     log_probs = np.asarray(event.log_probs, dtype=np.float32).reshape(1, 1, n)
     return {
         "output_ids": np.asarray(event.token_ids, dtype=np.int32).reshape(1, 1, n),
-        "sequence_length": np.array([[n]], dtype=np.int32),
+        "sequence_length": np.array(
+            [[n if event.sequence_length is None else event.sequence_length]], dtype=np.int32
+        ),
         "cum_log_probs": np.array([[log_probs.sum()]], dtype=np.float32),
         "output_log_probs": log_probs,
     }

@@ -11,10 +11,11 @@ from python_backends.cpu_engine.sampling import TokenSampler
 from python_backends.generation import GenerationSpec, SamplingParams
 
 VOCAB = 64
+GREEDY = SamplingParams()
 
 
 def _sampler(
-    sampling: SamplingParams = SamplingParams(),
+    sampling: SamplingParams = GREEDY,
     bad_words: tuple[tuple[int, ...], ...] = (),
     end_id: int | None = None,
     min_tokens: int = 0,

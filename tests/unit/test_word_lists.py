@@ -57,7 +57,7 @@ def test_empty_words_are_dropped() -> None:
 
 
 def test_accepts_any_int_sequences() -> None:
-    packed = encode_word_lists([(np.int64(3), np.int32(4)), range(5, 7)])
+    packed = encode_word_lists([(3, 4), range(5, 7)])
 
     assert decode_word_lists(packed) == [[3, 4], [5, 6]]
 

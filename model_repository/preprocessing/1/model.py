@@ -17,7 +17,10 @@ def _optional(request, name):
 class TritonPythonModel:
     def initialize(self, args):
         params = json.loads(args["model_config"])["parameters"]
-        self.encoder = TextEncoder(Path(params["tokenizer_dir"]["string_value"]))
+        max_context = int(params.get("max_context", {}).get("string_value") or 0)
+        self.encoder = TextEncoder(
+            Path(params["tokenizer_dir"]["string_value"]), max_context=max_context or None
+        )
 
     def execute(self, requests):
         return [self._one(request) for request in requests]

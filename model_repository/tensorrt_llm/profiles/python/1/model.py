@@ -1,11 +1,10 @@
-"""tensorrt_llm (cpu profile): the TensorRT-LLM contract over python_backends.cpu_engine."""
+"""tensorrt_llm (cpu and sim profiles): the TensorRT-LLM contract over a Python engine."""
 
 import json
-from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
-from python_backends.cpu_engine.engine import CpuEngine, EngineConfig
+from python_backends.engines import build_engine
 from python_backends.generation import (
     OPTIONAL_INPUTS,
     REQUIRED_INPUTS,
@@ -59,15 +58,7 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config["parameters"].items()}
-        reuse = params.get("enable_kv_cache_reuse", "true") == "true"
-        self.engine = CpuEngine(
-            EngineConfig(
-                model_dir=Path(params["model_dir"]),
-                max_num_sequences=max(int(config["max_batch_size"]), 1),
-                prefix_cache_bytes=(int(params["prefix_cache_mb"]) << 20) if reuse else 0,
-                threads=int(params["engine_threads"]),
-            )
-        )
+        self.engine = build_engine(params["engine"], params, int(config["max_batch_size"]))
         self.metrics = TrtLlmMetrics(pb_utils, args["model_name"], args["model_version"])
         self.engine.on_step = self.metrics.update
         self.engine.start()

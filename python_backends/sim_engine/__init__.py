@@ -1,0 +1,1 @@
+"""The ``sim`` engine profile: an inflight-batching GPU engine emulated by sleeping."""

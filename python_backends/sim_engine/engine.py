@@ -1,0 +1,287 @@
+"""An inflight-batching GPU engine emulated in real time.
+
+Each iteration takes what the hardware profile says the real engine would take for the
+work scheduled in it (prefill chunks within ``max_num_tokens``, one decode token for every
+generating sequence, attention over their contexts), multiplied by the ``slowdown``
+fault and by ``time_scale``; the engine sleeps that long and then delivers the tokens.
+Admission follows ``guaranteed_no_evict``: a request starts only when the block pool can
+hold its prompt plus ``max_new_tokens``, reusing cached prefix blocks. Output tokens are
+deterministic pseudo-text drawn from the served tokenizer's ordinary ids.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from python_backends.engine_types import EngineStats, TokenEvent
+from python_backends.generation import GenerationSpec
+from python_backends.sim_engine.block_pool import Allocation, BlockPool
+from python_backends.sim_engine.faults import FaultFile, FaultSwitches
+from python_backends.sim_engine.hardware import HardwareProfile
+
+Emit = Callable[[TokenEvent], None]
+CRASH_EXIT_CODE = 86
+FIRST_ORDINARY_ID = 8
+"""Ids below this are left to special tokens; pseudo-text never uses them."""
+
+
+@dataclass
+class SimConfig:
+    profile: HardwareProfile
+    vocab_size: int
+    max_num_sequences: int
+    time_scale: float = 1.0
+    max_context: int | None = None
+
+
+@dataclass
+class _SimSequence:
+    request_id: int
+    spec: GenerationSpec
+    emit: Emit
+    is_cancelled: Callable[[], bool]
+    allocation: Allocation | None = None
+    cached_tokens: int = 0
+    prefill_left: int = 0
+    generated: list[int] = field(default_factory=list)
+    failed: bool = False
+
+    @property
+    def context(self) -> int:
+        return len(self.spec.input_ids) + len(self.generated)
+
+
+def pseudo_token(spec: GenerationSpec, position: int, vocab_size: int) -> int:
+    """Deterministic output token for ``position``: a function of prompt and seed."""
+    key = hash((spec.input_ids[-16:], len(spec.input_ids), spec.sampling.seed, position))
+    return FIRST_ORDINARY_ID + key % max(vocab_size - FIRST_ORDINARY_ID, 1)
+
+
+class SimEngine:
+    """Serves :class:`GenerationSpec` requests with emulated GPU timing."""
+
+    def __init__(self, config: SimConfig, faults: FaultFile | None = None) -> None:
+        self.config = config
+        profile = config.profile
+        self.vocab_size = config.vocab_size
+        self.max_context = min(config.max_context or profile.max_context, profile.max_context)
+        self.max_num_sequences = min(config.max_num_sequences, profile.max_num_sequences)
+        self.pool = BlockPool(profile.kv_cache.total_blocks, profile.kv_cache.block_tokens)
+        self.faults = faults or FaultFile(None)
+        self.rng = random.Random(0)
+        self.on_step: Callable[[EngineStats], None] | None = None
+        self.stats = EngineStats(
+            max_sequences=self.max_num_sequences,
+            kv_tokens_per_block=profile.kv_cache.block_tokens,
+            kv_blocks_max=profile.kv_cache.total_blocks,
+        )
+        self.sleep: Callable[[float], None] = time.sleep
+        self.busy_s = 0.0
+        """Emulated seconds of engine work so far (excludes time_scale and slowdown)."""
+        self._ids = itertools.count()
+        self._waiting: deque[_SimSequence] = deque()
+        self._running: list[_SimSequence] = []
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stop = False
+
+    # -- the engine interface (shared with the cpu engine) ------------------------------
+    def submit(
+        self, spec: GenerationSpec, emit: Emit, is_cancelled: Callable[[], bool] = lambda: False
+    ) -> int:
+        seq = _SimSequence(next(self._ids), spec, emit, is_cancelled)
+        with self._cond:
+            self._waiting.append(seq)
+            self._cond.notify_all()
+        return seq.request_id
+
+    def wait_admitted(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._waiting and not self._stop:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining if remaining is not None else 0.1)
+        return True
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="sim-engine", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+        for seq in [*self._waiting, *self._running]:
+            self._fail(seq, "engine stopped")
+        self._waiting.clear()
+        self._running.clear()
+
+    # -- the loop -----------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stop and not self._waiting and not self._running:
+                    self._cond.wait(0.5)
+                if self._stop:
+                    return
+            faults = self.faults.current()
+            if faults.crash:
+                os._exit(CRASH_EXIT_CODE)
+            if faults.hang:
+                time.sleep(self.faults.poll_s)
+                continue
+            self.step(faults)
+
+    def step(self, faults: FaultSwitches | None = None) -> float:
+        """Run one iteration: schedule, take its time, deliver its tokens.
+
+        Returns the emulated seconds the iteration cost (0 when there was nothing to do).
+        The wall time slept is that times ``slowdown`` and ``time_scale``; tests replace
+        :attr:`sleep` to run iterations instantly.
+        """
+        faults = faults or FaultSwitches()
+        self._admit(faults)
+        self._drop_cancelled()
+        budget = self.config.profile.max_num_tokens
+        prefill_tokens = 0
+        delivering: list[_SimSequence] = []
+        generating = 0
+        context = 0
+        for seq in self._running:
+            if seq.prefill_left > 0:
+                if budget <= 0:
+                    continue
+                chunk = min(seq.prefill_left, budget)
+                budget -= chunk
+                prefill_tokens += chunk
+                seq.prefill_left -= chunk
+                if seq.prefill_left == 0:
+                    delivering.append(seq)  # the context phase ends with the first token
+                    if seq.allocation is not None:
+                        self.pool.publish(seq.allocation, seq.spec.input_ids)
+            else:
+                generating += 1
+                context += seq.context
+                delivering.append(seq)
+        if prefill_tokens == 0 and generating == 0:
+            self._refresh_stats()
+            return 0.0
+        emulated = self.config.profile.step.iteration_s(prefill_tokens, generating, context)
+        self.busy_s += emulated
+        self.sleep(emulated * faults.slowdown * self.config.time_scale)
+        for seq in delivering:
+            self._next_token(seq, faults)
+        self._running = [s for s in self._running if not self._finished(s)]
+        self._refresh_stats()
+        if self.on_step is not None:
+            self.on_step(self.stats)
+        return emulated
+
+    # -- scheduling ---------------------------------------------------------------------
+    def _admit(self, faults: FaultSwitches) -> None:
+        with self._cond:
+            while self._waiting and len(self._running) < self.max_num_sequences:
+                seq = self._waiting[0]
+                reserve = len(seq.spec.input_ids) + seq.spec.max_new_tokens
+                allocation = self.pool.try_allocate(seq.spec.input_ids, reserve)
+                if allocation is None:
+                    break  # guaranteed_no_evict: wait for blocks, in order
+                self._waiting.popleft()
+                seq.allocation = allocation
+                cached = len(allocation.cached_blocks) * self.pool.block_tokens
+                seq.cached_tokens = min(cached, len(seq.spec.input_ids) - 1)
+                seq.prefill_left = len(seq.spec.input_ids) - seq.cached_tokens
+                self.stats.cached_prompt_tokens += seq.cached_tokens
+                self.stats.prefill_tokens += seq.prefill_left
+                if faults.error_rate > 0 and self.rng.random() < faults.error_rate:
+                    seq.failed = True
+                self._running.append(seq)
+            self._cond.notify_all()
+        for seq in [s for s in self._running if s.failed and s.allocation is not None]:
+            self._fail(seq, "injected fault: engine error")
+
+    def _drop_cancelled(self) -> None:
+        for seq in self._running:
+            if not self._finished(seq) and seq.is_cancelled():
+                self._fail(seq, "cancelled")
+        self._running = [s for s in self._running if not self._finished(s)]
+
+    def _finished(self, seq: _SimSequence) -> bool:
+        return seq.allocation is None
+
+    def _next_token(self, seq: _SimSequence, faults: FaultSwitches) -> None:
+        if self._finished(seq):
+            return
+        spec = seq.spec
+        token = pseudo_token(spec, len(seq.generated), self.vocab_size)
+        if faults.garbage:
+            token = self.vocab_size + 1000 + len(seq.generated)
+        seq.generated.append(token)
+        done = len(seq.generated) >= spec.max_new_tokens or any(
+            tuple(seq.generated[-len(w) :]) == w for w in spec.stop_words
+        )
+        reason = "length" if done else None
+        if spec.streaming:
+            length = 3 if faults.garbage else 1
+            seq.emit(
+                TokenEvent(
+                    (token,),
+                    (0.0,),
+                    done,
+                    reason,
+                    cached_tokens=seq.cached_tokens,
+                    sequence_length=length,
+                )
+            )
+        if done:
+            if not spec.streaming:
+                n = len(seq.generated)
+                seq.emit(
+                    TokenEvent(
+                        tuple(seq.generated),
+                        (0.0,) * n,
+                        True,
+                        reason,
+                        cached_tokens=seq.cached_tokens,
+                        sequence_length=n + 3 if faults.garbage else n,
+                    )
+                )
+            self._release(seq)
+            self.stats.completed += 1
+
+    def _release(self, seq: _SimSequence) -> None:
+        if seq.allocation is not None:
+            tokens = list(seq.spec.input_ids) + [t for t in seq.generated if t < self.vocab_size]
+            self.pool.release(seq.allocation, tokens)
+            seq.allocation = None
+
+    def _fail(self, seq: _SimSequence, message: str) -> None:
+        self._release(seq)
+        seq.allocation = None
+        try:
+            seq.emit(TokenEvent((), (), True, "error", error=message))
+        except Exception:  # the owner is gone (client disconnected)
+            return
+
+    def _refresh_stats(self) -> None:
+        stats = self.stats
+        with self._cond:
+            stats.waiting = len(self._waiting)
+        stats.active = len(self._running)
+        stats.scheduled = len(self._running)
+        stats.context = sum(1 for s in self._running if s.prefill_left > 0)
+        stats.kv_blocks_used = self.pool.used
+        stats.kv_blocks_reused = self.pool.reused_blocks

@@ -1,0 +1,80 @@
+"""Fault switches of the sim engine, read from a small JSON control file.
+
+The control surface is a file because it must keep working when the engine is wedged:
+a hung engine admits no requests, so a control tensor could never reach it, and a model
+reload would restart the very stub whose hang is under test. The file is re-read when its
+modification time changes (checked at most every ``poll_s``), so an operator or a test
+flips a switch with one write; ``mufleet fault`` writes it atomically.
+
+Its path comes from the ``MUFLEET_FAULT_FILE`` environment variable, which the launcher
+sets per node. A missing file means no faults.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+FAULT_FILE_ENV = "MUFLEET_FAULT_FILE"
+
+
+class FaultSwitches(BaseModel):
+    """What is wrong with a node right now."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hang: bool = Field(False, description="stop producing tokens; stay live and ready")
+    slowdown: float = Field(1.0, ge=1.0, le=1000.0, description="multiply iteration time")
+    error_rate: float = Field(0.0, ge=0.0, le=1.0, description="fraction of requests failed")
+    garbage: bool = Field(False, description="emit invalid token ids and wrong lengths")
+    crash: bool = Field(False, description="the engine's process exits")
+
+
+def write_faults(path: Path, switches: FaultSwitches) -> None:
+    """Replace the control file atomically (a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(switches.model_dump_json(indent=2))
+    os.replace(tmp, path)
+
+
+class FaultFile:
+    """Cached reader of one control file."""
+
+    def __init__(self, path: Path | None, poll_s: float = 0.05) -> None:
+        self.path = path
+        self.poll_s = poll_s
+        self._checked_at = float("-inf")
+        self._mtime: float | None = None
+        self._current = FaultSwitches()
+        self.last_error: str | None = None
+
+    def current(self) -> FaultSwitches:
+        """The switches in force; a malformed file keeps the previous ones."""
+        if self.path is None:
+            return self._current
+        now = time.monotonic()
+        if now - self._checked_at < self.poll_s:
+            return self._current
+        self._checked_at = now
+        try:
+            mtime = self.path.stat().st_mtime
+        except FileNotFoundError:
+            self._mtime, self._current = None, FaultSwitches()
+            return self._current
+        if mtime != self._mtime:
+            try:
+                self._current = FaultSwitches.model_validate_json(self.path.read_text())
+                self.last_error = None
+            except (ValidationError, OSError) as exc:
+                self.last_error = str(exc)
+            self._mtime = mtime
+        return self._current
+
+    @classmethod
+    def from_environment(cls) -> FaultFile:
+        value = os.environ.get(FAULT_FILE_ENV)
+        return cls(Path(value) if value else None)
