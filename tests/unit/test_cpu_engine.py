@@ -134,6 +134,28 @@ def test_batched_decoding_matches_solo(engine: CpuEngine, solo_outputs: list[lis
     assert engine.stats.completed == len(PROMPTS)
 
 
+def test_late_admission_with_cached_prefix_matches_solo(engine: CpuEngine) -> None:
+    first = _generate(engine, _spec(LONG_PROMPT, 6))
+    follow_up = _spec((*LONG_PROMPT, *first.tokens, 300, 301), 8)
+    others = [_spec(PROMPTS[1], 10), _spec(PROMPTS[2], 9)]
+    cache = engine.prefix_cache
+    engine.prefix_cache = PrefixCache(0)
+    solo = [_generate(engine, spec).tokens for spec in [*others, follow_up]]
+    engine.prefix_cache = cache
+
+    outs = [Collector() for _ in range(3)]
+    engine.submit(others[0], outs[0])
+    for _ in range(3):
+        engine.step()
+    engine.submit(follow_up, outs[2])
+    engine.step()
+    engine.submit(others[1], outs[1])
+    _drain(engine)
+
+    assert outs[2].last.cached_tokens > 0
+    assert [outs[0].tokens, outs[1].tokens, outs[2].tokens] == solo
+
+
 def test_finished_sequence_is_kept_in_prefix_cache(engine: CpuEngine) -> None:
     out = _generate(engine, _spec(LONG_PROMPT, 6))
 

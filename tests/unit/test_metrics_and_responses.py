@@ -216,6 +216,15 @@ def test_token_event_tensors_for_empty_event() -> None:
     assert tensors["cum_log_probs"].tolist() == [[0.0]]
 
 
+def test_token_event_tensors_report_explicit_sequence_length() -> None:
+    event = TokenEvent((5, 6), (-1.0, -1.0), True, sequence_length=4)
+
+    tensors = token_event_tensors(event)
+
+    assert tensors["sequence_length"].tolist() == [[4]]
+    assert tensors["output_ids"].shape == (1, 1, 2)
+
+
 def _response(text: str) -> dict[str, np.ndarray]:
     return {"text_output": np.array([text.encode()], dtype=np.object_)}
 

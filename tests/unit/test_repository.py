@@ -24,6 +24,7 @@ from mufleet.repository import (
 
 MODELS = ("ensemble", "postprocessing", "preprocessing", "tensorrt_llm", "tensorrt_llm_bls")
 PRIORITY_LEVELS = 5
+PROFILES = ("cpu", "sim", "trtllm")
 
 
 def _params(profile: str = "cpu", **overrides: object) -> RenderParams:
@@ -37,6 +38,8 @@ def _params(profile: str = "cpu", **overrides: object) -> RenderParams:
     }
     if profile == "trtllm":
         base["engine_dir"] = Path("/engines/llama")
+    if profile == "sim":
+        base["hardware_profile"] = Path("/profiles/h100.json")
     base.update(overrides)
     return RenderParams.model_validate(base)
 
@@ -54,7 +57,7 @@ def _configs(repo: Path) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("rendered")
-    return {profile: render(_params(profile), root / profile) for profile in ("cpu", "trtllm")}
+    return {profile: render(_params(profile), root / profile) for profile in PROFILES}
 
 
 @pytest.fixture
@@ -75,7 +78,7 @@ def test_render_writes_every_model(rendered: dict[str, Path]) -> None:
         assert not list(repo.parent.glob(".render-*"))
 
 
-@pytest.mark.parametrize("profile", ["cpu", "trtllm"])
+@pytest.mark.parametrize("profile", PROFILES)
 def test_every_placeholder_is_filled(rendered: dict[str, Path], profile: str) -> None:
     for config in rendered[profile].glob("*/config.pbtxt"):
         assert "${" not in config.read_text(), config
@@ -86,10 +89,21 @@ def test_cpu_profile_variant(rendered: dict[str, Path]) -> None:
     config = _load(repo, "tensorrt_llm")
 
     assert config.backend == "python"
+    assert config.parameters["engine"].string_value == "cpu"
     assert config.parameters["model_dir"].string_value == "/models/hf"
     assert config.max_batch_size == 16
     assert (repo / "tensorrt_llm" / "1" / "model.py").is_file()
     assert not (repo / "tensorrt_llm" / "profiles").exists()
+
+
+def test_sim_profile_variant(rendered: dict[str, Path]) -> None:
+    repo = rendered["sim"]
+    config = _load(repo, "tensorrt_llm")
+
+    assert config.backend == "python"
+    assert config.parameters["engine"].string_value == "sim"
+    assert config.parameters["hardware_profile"].string_value == "/profiles/h100.json"
+    assert (repo / "tensorrt_llm" / "1" / "model.py").is_file()
 
 
 def test_trtllm_profile_variant(rendered: dict[str, Path]) -> None:
@@ -111,7 +125,7 @@ def test_cpu_model_dir_defaults_to_tokenizer_dir(tmp_path: Path) -> None:
     assert _load(repo, "tensorrt_llm").parameters["model_dir"].string_value == "/models/tok"
 
 
-@pytest.mark.parametrize("profile", ["cpu", "trtllm"])
+@pytest.mark.parametrize("profile", PROFILES)
 def test_every_config_parses_as_model_config(rendered: dict[str, Path], profile: str) -> None:
     configs = _configs(rendered[profile])
 
@@ -121,7 +135,7 @@ def test_every_config_parses_as_model_config(rendered: dict[str, Path], profile:
     assert configs["ensemble"].platform == "ensemble"
 
 
-@pytest.mark.parametrize("profile", ["cpu", "trtllm"])
+@pytest.mark.parametrize("profile", PROFILES)
 def test_composing_models_declare_priority_levels(rendered: dict[str, Path], profile: str) -> None:
     configs = _configs(rendered[profile])
     steps = configs["ensemble"].ensemble_scheduling.step
@@ -134,7 +148,7 @@ def test_composing_models_declare_priority_levels(rendered: dict[str, Path], pro
         assert config.dynamic_batching.default_priority_level == 4
 
 
-@pytest.mark.parametrize("profile", ["cpu", "trtllm"])
+@pytest.mark.parametrize("profile", PROFILES)
 def test_ensemble_maps_reference_existing_tensors(rendered: dict[str, Path], profile: str) -> None:
     configs = _configs(rendered[profile])
     ensemble = configs["ensemble"]
@@ -202,6 +216,11 @@ def test_default_priority_equal_to_levels_is_allowed() -> None:
 def test_trtllm_requires_engine_dir() -> None:
     with pytest.raises(ValidationError, match="engine_dir"):
         _params("trtllm", engine_dir=None)
+
+
+def test_sim_requires_hardware_profile() -> None:
+    with pytest.raises(ValidationError, match="hardware_profile"):
+        _params("sim", hardware_profile=None)
 
 
 def test_params_are_frozen() -> None:

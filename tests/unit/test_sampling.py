@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from python_backends.cpu_engine.sampling import TokenSampler
-from python_backends.generation import GenerationSpec, SamplingParams
+from python_backends.generation import GenerationSpec, SamplingParams, parse_generation
 
 VOCAB = 64
 GREEDY = SamplingParams()
@@ -171,3 +172,27 @@ def test_log_prob_is_from_unscaled_distribution() -> None:
     token, log_prob = sampler.choose(logits, [])
 
     assert log_prob == pytest.approx(float(torch.log_softmax(logits, -1)[token]))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: parse_generation rounds the UINT64 seed through float; the largest seeds "
+    "become 2**64 and TokenSampler (engine.submit) raises 'Overflow when unpacking long long'",
+)
+def test_max_uint64_seed_can_be_sampled_with() -> None:
+    seed = 2**64 - 1
+    spec = parse_generation(
+        {
+            "input_ids": np.array([[1, 2]], dtype=np.int32),
+            "input_lengths": np.array([[2]], dtype=np.int32),
+            "request_output_len": np.array([[4]], dtype=np.int32),
+            "runtime_top_k": np.array([[5]], dtype=np.int32),
+            "seed": np.array([[seed]], dtype=np.uint64),
+        },
+        vocab_size=VOCAB,
+        max_context=64,
+    )
+
+    token, _ = TokenSampler(spec).choose(_flat(), [])
+
+    assert 0 <= token < VOCAB

@@ -162,3 +162,12 @@ def test_decode_ignores_padding_past_length(encoder: TextEncoder, decoder: TextD
     padded = np.asarray([[*ids, 5, 6, 7]], dtype=np.int32)
 
     assert decoder.decode(padded, np.array([len(ids)])) == [TEXT.encode("utf-8")]
+
+
+def test_decode_marks_unknown_ids(encoder: TextEncoder, decoder: TextDecoder) -> None:
+    ids = _plain(encoder, TEXT)
+    unknown = len(decoder.tokenizer) + 5
+
+    (text,) = decoder.decode(np.asarray([[*ids, unknown]]), np.array([len(ids) + 1]))
+
+    assert text == (TEXT + "\ufffd").encode("utf-8")
