@@ -76,6 +76,18 @@ def _scalar(inputs: Mapping[str, np.ndarray], name: str) -> int | float | bool |
     return item
 
 
+def _seed(value: int | float | bool | None) -> int:
+    """The ``seed`` input as the exact uint64 it was sent as (never through a float)."""
+    if value is None:
+        return 0
+    if isinstance(value, float) and not value.is_integer():
+        raise InvalidGenerationError(f"seed must be an integer, got {value}")
+    seed = int(value)
+    if not 0 <= seed < 2**64:
+        raise InvalidGenerationError(f"seed must fit in uint64, got {seed}")
+    return seed
+
+
 def parse_generation(
     inputs: Mapping[str, np.ndarray],
     vocab_size: int,
@@ -117,7 +129,7 @@ def parse_generation(
         temperature=opt("temperature", 1.0),
         top_k=int(opt("runtime_top_k", 0)),
         top_p=opt("runtime_top_p", 0.0),
-        seed=int(opt("seed", 0)),
+        seed=_seed(_scalar(inputs, "seed")),
     )
     if sampling.top_k < 0 or not 0.0 <= sampling.top_p <= 1.0 or sampling.temperature < 0:
         raise InvalidGenerationError(

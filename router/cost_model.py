@@ -55,6 +55,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
+    "FEATURE_NAMES",
     "MU_PER_REFERENCE_SECOND",
     "SLO",
     "CostCoefficients",

@@ -96,6 +96,7 @@ def test_hang_stops_tokens_while_ready_stays_200(sim_node: TritonNode, faults: P
         _set(faults)  # un-hang: the same request now completes
         result, error = arrivals.get(timeout=30)
         assert error is None
+        assert result is not None
     finally:
         client.stop_stream()
 

@@ -475,3 +475,33 @@ def test_profile_is_frozen() -> None:
     profile = _profile()
     with pytest.raises(ValidationError):
         profile.capacity_mu_s = 5.0  # type: ignore[misc]
+
+
+def test_readme_worked_example() -> None:
+    """The numbers in router/README.md."""
+    l40s = CostCoefficients(
+        base_s=1e-2,
+        prefill_token_s=1.5e-4,
+        cached_token_s=5e-6,
+        output_token_s=2.2e-3,
+        context_output_s=7.2e-8,
+    )
+    ref = CostModel(_profile(TRUE, capacity_rps=12.0))
+    other = CostModel(
+        _profile(
+            l40s,
+            capacity_mu_s=reference_capacity(5.4, 12.0),
+            reference=False,
+            capacity_rps=5.4,
+        )
+    )
+    shape = RequestShape(prompt_tokens=2000, output_tokens=300, cached_tokens=1500)
+    assert other.capacity_mu_s == pytest.approx(450.0)
+    assert ref.busy_s(shape) == pytest.approx(0.3863455)
+    assert ref.mu(shape) == pytest.approx(386.3455)
+    assert other.busy_s(shape) == pytest.approx(0.7989292)
+    assert other.mu(shape) == pytest.approx(359.51814)
+    est = ref.estimate(2000, 1024, cached_tokens=1500, expected_output=0.3 * 1024)
+    assert est == pytest.approx(394.7629696)
+    assert ref.estimate(2000, 1024, cached_tokens=1500) == pytest.approx(1240.55328)
+    assert ref.actual(RequestShape(2000, 280, 1500)) == pytest.approx(362.9718)

@@ -183,11 +183,6 @@ def test_sampling_inputs_are_parsed() -> None:
     assert not spec.sampling.greedy
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: parse_generation converts the UINT64 seed through float, so seeds above "
-    "2**53 lose precision and distinct seeds collapse onto one",
-)
 def test_large_uint64_seed_is_kept_exactly() -> None:
     seed = 2**53 + 1
 

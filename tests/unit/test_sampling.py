@@ -174,11 +174,6 @@ def test_log_prob_is_from_unscaled_distribution() -> None:
     assert log_prob == pytest.approx(float(torch.log_softmax(logits, -1)[token]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: parse_generation rounds the UINT64 seed through float; the largest seeds "
-    "become 2**64 and TokenSampler (engine.submit) raises 'Overflow when unpacking long long'",
-)
 def test_max_uint64_seed_can_be_sampled_with() -> None:
     seed = 2**64 - 1
     spec = parse_generation(
