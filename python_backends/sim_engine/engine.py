@@ -28,6 +28,8 @@ from python_backends.sim_engine.hardware import HardwareProfile
 
 Emit = Callable[[TokenEvent], None]
 CRASH_EXIT_CODE = 86
+MAX_LAG_S = 0.05
+"""How far behind its timeline the engine may fall before it stops catching up."""
 FIRST_ORDINARY_ID = 8
 """Ids below this are left to special tokens; pseudo-text never uses them."""
 
@@ -83,6 +85,7 @@ class SimEngine:
             kv_blocks_max=profile.kv_cache.total_blocks,
         )
         self.sleep: Callable[[float], None] = time.sleep
+        self._timeline = float("-inf")
         self.busy_s = 0.0
         """Emulated seconds of engine work so far (excludes time_scale and slowdown)."""
         self._ids = itertools.count()
@@ -181,7 +184,7 @@ class SimEngine:
             return 0.0
         emulated = self.config.profile.step.iteration_s(prefill_tokens, generating, context)
         self.busy_s += emulated
-        self.sleep(emulated * faults.slowdown * self.config.time_scale)
+        self._advance(emulated * faults.slowdown * self.config.time_scale)
         for seq in delivering:
             self._next_token(seq, faults)
         self._running = [s for s in self._running if not self._finished(s)]
@@ -189,6 +192,19 @@ class SimEngine:
         if self.on_step is not None:
             self.on_step(self.stats)
         return emulated
+
+    def _advance(self, wall_s: float) -> None:
+        """Sleep until this iteration's end on the engine's own clock.
+
+        Iterations are laid end to end on a virtual timeline, so a late wake-up (the
+        host is busy) is made up by the next sleep instead of accumulating: over many
+        iterations the engine runs exactly as fast as the profile says.
+        """
+        now = time.monotonic()
+        if now - self._timeline > MAX_LAG_S:
+            self._timeline = now  # idle or far behind: restart the timeline
+        self._timeline += wall_s
+        self.sleep(max(self._timeline - now, 0.0))
 
     # -- scheduling ---------------------------------------------------------------------
     def _admit(self, faults: FaultSwitches) -> None:
