@@ -10,10 +10,6 @@ Finished sequences leave their KV in the :class:`PrefixCache` for later turns.
 from __future__ import annotations
 
 import contextlib
-import itertools
-import threading
-import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +18,7 @@ import torch
 
 from python_backends.cpu_engine.prefix_cache import KVState, PrefixCache, kv_length
 from python_backends.cpu_engine.sampling import TokenSampler
+from python_backends.engine_loop import EngineLoop
 from python_backends.engine_types import EngineStats, TokenEvent
 from python_backends.generation import GenerationSpec
 
@@ -64,12 +61,15 @@ def _from_cache(cache: object) -> KVState:
     return tuple((layer.keys, layer.values) for layer in layers)
 
 
-class CpuEngine:
+class CpuEngine(EngineLoop[_Sequence]):
     """Serves :class:`GenerationSpec` requests with a local HF checkpoint."""
+
+    thread_name = "cpu-engine"
 
     def __init__(self, config: EngineConfig) -> None:
         from transformers import AutoConfig, AutoModelForCausalLM
 
+        super().__init__()
         self.config = config
         torch.set_num_threads(config.threads)
         hf_config = AutoConfig.from_pretrained(str(config.model_dir))
@@ -79,13 +79,6 @@ class CpuEngine:
         self.vocab_size = int(hf_config.vocab_size)
         self.max_context = int(getattr(hf_config, "max_position_embeddings", 2048))
         self.prefix_cache = PrefixCache(config.prefix_cache_bytes)
-        self._ids = itertools.count()
-        self._waiting: deque[_Sequence] = deque()
-        self._running: list[_Sequence] = []
-        self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._stop = False
-        self.on_step: Callable[[EngineStats], None] | None = None
         self.stats = EngineStats(
             max_sequences=config.max_num_sequences, kv_tokens_per_block=config.kv_block_tokens
         )
@@ -99,52 +92,8 @@ class CpuEngine:
     ) -> int:
         """Queue a request; ``emit`` is called from the engine thread."""
         seq = _Sequence(next(self._ids), spec, emit, is_cancelled, TokenSampler(spec))
-        with self._cond:
-            self._waiting.append(seq)
-            self._cond.notify_all()
+        self._enqueue(seq)
         return seq.request_id
-
-    def wait_admitted(self, timeout: float | None = None) -> bool:
-        """Block until nothing waits for a slot; keeps later requests in Triton's queue.
-
-        While this blocks, newer requests stay in Triton's priority queue, so a
-        high-priority request overtakes queued lower-priority ones.
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while self._waiting and not self._stop:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._cond.wait(remaining)
-        return True
-
-    # -- engine thread ---------------------------------------------------------------
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="cpu-engine", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stop = True
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
-        for seq in [*self._waiting, *self._running]:
-            self._fail(seq, "engine stopped")
-        self._waiting.clear()
-        self._running.clear()
-
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._stop and not self._waiting and not self._running:
-                    self._cond.wait()
-                if self._stop:
-                    return
-            self.step()
 
     def step(self) -> None:
         """One iteration: admit and prefill newcomers, then one batched decode step."""

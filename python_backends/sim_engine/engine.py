@@ -11,15 +11,13 @@ deterministic pseudo-text drawn from the served tokenizer's ordinary ids.
 
 from __future__ import annotations
 
-import itertools
 import os
 import random
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from python_backends.engine_loop import EngineLoop
 from python_backends.engine_types import EngineStats, TokenEvent
 from python_backends.generation import GenerationSpec
 from python_backends.sim_engine.block_pool import Allocation, BlockPool
@@ -66,10 +64,13 @@ def pseudo_token(spec: GenerationSpec, position: int, vocab_size: int) -> int:
     return FIRST_ORDINARY_ID + key % max(vocab_size - FIRST_ORDINARY_ID, 1)
 
 
-class SimEngine:
+class SimEngine(EngineLoop[_SimSequence]):
     """Serves :class:`GenerationSpec` requests with emulated GPU timing."""
 
+    thread_name = "sim-engine"
+
     def __init__(self, config: SimConfig, faults: FaultFile | None = None) -> None:
+        super().__init__()
         self.config = config
         profile = config.profile
         self.vocab_size = config.vocab_size
@@ -78,7 +79,6 @@ class SimEngine:
         self.pool = BlockPool(profile.kv_cache.total_blocks, profile.kv_cache.block_tokens)
         self.faults = faults or FaultFile(None)
         self.rng = random.Random(0)
-        self.on_step: Callable[[EngineStats], None] | None = None
         self.stats = EngineStats(
             max_sequences=self.max_num_sequences,
             kv_tokens_per_block=profile.kv_cache.block_tokens,
@@ -88,65 +88,22 @@ class SimEngine:
         self._timeline = float("-inf")
         self.busy_s = 0.0
         """Emulated seconds of engine work so far (excludes time_scale and slowdown)."""
-        self._ids = itertools.count()
-        self._waiting: deque[_SimSequence] = deque()
-        self._running: list[_SimSequence] = []
-        self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._stop = False
 
-    # -- the engine interface (shared with the cpu engine) ------------------------------
     def submit(
         self, spec: GenerationSpec, emit: Emit, is_cancelled: Callable[[], bool] = lambda: False
     ) -> int:
         seq = _SimSequence(next(self._ids), spec, emit, is_cancelled)
-        with self._cond:
-            self._waiting.append(seq)
-            self._cond.notify_all()
+        self._enqueue(seq)
         return seq.request_id
 
-    def wait_admitted(self, timeout: float | None = None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while self._waiting and not self._stop:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._cond.wait(remaining if remaining is not None else 0.1)
-        return True
-
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="sim-engine", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stop = True
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
-        for seq in [*self._waiting, *self._running]:
-            self._fail(seq, "engine stopped")
-        self._waiting.clear()
-        self._running.clear()
-
-    # -- the loop -----------------------------------------------------------------------
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._stop and not self._waiting and not self._running:
-                    self._cond.wait(0.5)
-                if self._stop:
-                    return
-            faults = self.faults.current()
-            if faults.crash:
-                os._exit(CRASH_EXIT_CODE)
-            if faults.hang:
-                time.sleep(self.faults.poll_s)
-                continue
-            self.step(faults)
+    def _iterate(self) -> None:
+        faults = self.faults.current()
+        if faults.crash:
+            os._exit(CRASH_EXIT_CODE)
+        if faults.hang:
+            time.sleep(self.faults.poll_s)
+            return
+        self.step(faults)
 
     def step(self, faults: FaultSwitches | None = None) -> float:
         """Run one iteration: schedule, take its time, deliver its tokens.

@@ -6,44 +6,24 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from nodes import serving, sim_params
 
 from mufleet.calibration.report import write_report
 from mufleet.calibration.run import Calibration, CalibrationSettings, Calibrator
 from mufleet.calibration.server_facts import server_facts
 from mufleet.calibration.workload import QUICK_SWEEP
-from mufleet.node import NodePorts, TritonNode
-from mufleet.repository import RenderParams, render
 from mufleet.tiny_model import CORPUS_PATH
-from mufleet.triton_dist import locate
 from router.cost_model import SLO, CostModel, PairProfile, RequestShape
 
 pytestmark = pytest.mark.triton
 
-TEST_GPU = Path(__file__).parents[1] / "data" / "sim_test_gpu.json"
-
 
 @pytest.fixture(scope="module")
 def calibration(tiny_model_dir: Path, mufleet_home: Path) -> Iterator[Calibration]:
-    params = RenderParams(
-        profile="sim",
-        tokenizer_dir=tiny_model_dir,
-        hardware_profile=TEST_GPU,
-        max_context=4096,
-        max_batch_size=64,
-        # Slowed down 2x so the host's pre/post-processing keeps pace with the emulated
-        # GPU; the calibration divides every duration by the factor again.
-        time_scale=2.0,
-    )
-    node = TritonNode(
-        name="sim-calibration",
-        repository=render(params, mufleet_home / "repo-sim-calibration"),
-        triton=locate(),
-        ports=NodePorts.ephemeral(),
-        log_path=mufleet_home / "logs" / "sim-calibration.log",
-    )
-    node.start()
-    try:
-        node.wait_ready(timeout=240)
+    # Slowed down 2x so the host's pre/post-processing keeps pace with the emulated GPU;
+    # the calibration divides every duration by the factor again.
+    params = sim_params(tiny_model_dir, max_batch_size=64, time_scale=2.0)
+    with serving("sim-calibration", params, mufleet_home) as node:
         facts = server_facts(node.grpc_url)
         settings = CalibrationSettings(
             url=node.grpc_url,
@@ -59,8 +39,6 @@ def calibration(tiny_model_dir: Path, mufleet_home: Path) -> Iterator[Calibratio
             model_name=facts.model,
         )
         yield Calibrator(settings, progress=print).calibrate()
-    finally:
-        node.stop()
 
 
 def test_server_facts_come_from_the_served_profile(calibration: Calibration) -> None:

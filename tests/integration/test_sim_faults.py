@@ -10,39 +10,18 @@ from pathlib import Path
 import pytest
 import tritonclient.grpc as grpcclient
 from clients import ensemble_inputs, grpc_client, http_json
+from nodes import serving, sim_params
 
-from mufleet.node import NodePorts, TritonNode
-from mufleet.repository import RenderParams, render
-from mufleet.triton_dist import locate
+from mufleet.node import TritonNode
 from python_backends.sim_engine.faults import FaultSwitches, write_faults
 
 pytestmark = pytest.mark.triton
 
-TEST_GPU = Path(__file__).parents[1] / "data" / "sim_test_gpu.json"
-
 
 @pytest.fixture(scope="module")
 def sim_node(tiny_model_dir: Path, mufleet_home: Path) -> Iterator[TritonNode]:
-    params = RenderParams(
-        profile="sim",
-        tokenizer_dir=tiny_model_dir,
-        hardware_profile=TEST_GPU,
-        max_context=4096,
-        max_batch_size=8,
-    )
-    node = TritonNode(
-        name="sim-faults",
-        repository=render(params, mufleet_home / "repo-sim-faults"),
-        triton=locate(),
-        ports=NodePorts.ephemeral(),
-        log_path=mufleet_home / "logs" / "sim-faults.log",
-    )
-    node.start()
-    try:
-        node.wait_ready(timeout=240)
+    with serving("sim-faults", sim_params(tiny_model_dir, max_batch_size=8), mufleet_home) as node:
         yield node
-    finally:
-        node.stop()
 
 
 @pytest.fixture
