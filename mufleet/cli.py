@@ -6,7 +6,7 @@ import argparse
 import logging
 import signal
 import sys
-import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -69,15 +69,26 @@ def _render_params(args: argparse.Namespace) -> RenderParams:
 
 
 class _StopFlag:
-    """Turns SIGINT/SIGTERM into an event the main loop waits on."""
+    """Turns SIGINT/SIGTERM into a flag the main loop polls.
+
+    The handler only assigns a bool: setting a ``threading.Event`` from a signal handler
+    deadlocks when the signal lands while the main thread is inside ``Event.wait``.
+    """
 
     def __init__(self) -> None:
-        self.event = threading.Event()
+        self.stopped = False
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._set)
 
     def _set(self, signum: int, frame: FrameType | None) -> None:
-        self.event.set()
+        self.stopped = True
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True once a stop signal has arrived."""
+        deadline = time.monotonic() + seconds
+        while not self.stopped and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return self.stopped
 
 
 def cmd_make_model(args: argparse.Namespace) -> int:
@@ -111,7 +122,7 @@ def cmd_triton(args: argparse.Namespace) -> int:
         node.wait_ready(args.ready_timeout)
         print(f"ready: http {node.http_url}  grpc {node.grpc_url}  metrics {node.metrics_url}")
         sys.stdout.flush()
-        while not stop.event.wait(0.5):
+        while not stop.wait(0.5):
             if not node.alive():
                 print(f"tritonserver exited with code {node.process and node.process.returncode}")
                 return 1
@@ -146,7 +157,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             )
         print("fleet ready; Ctrl-C stops it")
         sys.stdout.flush()
-        while not stop.event.wait(1.0):
+        while not stop.wait(1.0):
             fleet.supervise_once()
     finally:
         print("stopping fleet")
