@@ -97,7 +97,8 @@ class PromptFactory:
         prefix_len = int(cls.input_tokens * cls.prefix_fraction)
         rng = random.Random(zlib.crc32(cls.name.encode()))
         prefix = self._slice(rng.randrange(len(self.ids)), prefix_len)
-        suffix = self._slice(7919 * (index + 1) + 104729 * len(cls.name), cls.input_tokens)
+        salt = zlib.crc32(cls.name.encode()) % 65521
+        suffix = self._slice(7919 * (index + 1) + 104729 * salt, cls.input_tokens)
         ids = (prefix + suffix)[: max(cls.input_tokens - 1, 1)]  # room for BOS
         return str(self.tokenizer.decode(ids))
 

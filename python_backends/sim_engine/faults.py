@@ -2,9 +2,9 @@
 
 The control surface is a file because it must keep working when the engine is wedged:
 a hung engine admits no requests, so a control tensor could never reach it, and a model
-reload would restart the very stub whose hang is under test. The file is re-read when its
-modification time changes (checked at most every ``poll_s``), so an operator or a test
-flips a switch with one write; ``mufleet fault`` writes it atomically.
+reload would restart the very stub whose hang is under test. The file is re-read when it
+changes (inode, modification time or size; checked at most every ``poll_s``), so an
+operator or a test flips a switch with one write; ``mufleet fault`` writes it atomically.
 
 Its path comes from the ``MUFLEET_FAULT_FILE`` environment variable, which the launcher
 sets per node. A missing file means no faults.
@@ -48,7 +48,7 @@ class FaultFile:
         self.path = path
         self.poll_s = poll_s
         self._checked_at = float("-inf")
-        self._mtime: float | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._current = FaultSwitches()
         self.last_error: str | None = None
 
@@ -61,17 +61,20 @@ class FaultFile:
             return self._current
         self._checked_at = now
         try:
-            mtime = self.path.stat().st_mtime
+            st = self.path.stat()
         except FileNotFoundError:
-            self._mtime, self._current = None, FaultSwitches()
+            self._stamp, self._current = None, FaultSwitches()
             return self._current
-        if mtime != self._mtime:
+        # write_faults replaces the file, so a new inode marks a rewrite even when two
+        # writes land within one timestamp tick.
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if stamp != self._stamp:
             try:
                 self._current = FaultSwitches.model_validate_json(self.path.read_text())
                 self.last_error = None
             except (ValidationError, OSError) as exc:
                 self.last_error = str(exc)
-            self._mtime = mtime
+            self._stamp = stamp
         return self._current
 
     @classmethod

@@ -83,7 +83,7 @@ def test_concurrent_requests_are_batched(triton_node: TritonNode) -> None:
         for i in range(4):
             client.async_stream_infer(
                 "ensemble",
-                ensemble_inputs(grpcclient, f"request {i}", 24, min_tokens=24, stream=True),
+                ensemble_inputs(grpcclient, f"request {i}", 96, min_tokens=96, stream=True),
                 request_id=f"r{i}",
             )
         arrivals = recorder.drain(finals_expected=4)
@@ -93,7 +93,7 @@ def test_concurrent_requests_are_batched(triton_node: TritonNode) -> None:
     first_final = min(len(order) - order[::-1].index(f"r{i}") - 1 for i in range(4))
     started_before_first_final = {rid for rid in order[: first_final + 1]}
     assert started_before_first_final == {"r0", "r1", "r2", "r3"}
-    assert len(order) == 4 * 24
+    assert len(order) == 4 * 96
 
 
 def test_success_metric_grows(triton_node: TritonNode) -> None:

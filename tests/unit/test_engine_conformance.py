@@ -19,8 +19,8 @@ from python_backends.cpu_engine.prefix_cache import PrefixCache
 from python_backends.engine_types import Engine, EngineStats, TokenEvent
 from python_backends.engines import ENGINES, build_engine
 from python_backends.generation import GenerationSpec
-from python_backends.sim_engine.faults import FAULT_FILE_ENV
 from python_backends.sim_engine.engine import SimEngine
+from python_backends.sim_engine.faults import FAULT_FILE_ENV
 
 SIM_PROFILE = Path(__file__).resolve().parents[1] / "data" / "sim_test_gpu.json"
 MAX_BATCH = 3
@@ -162,9 +162,7 @@ def test_every_registered_engine_is_covered() -> None:
 
 def test_has_every_member_of_the_engine_protocol(engine: SteppedEngine) -> None:
     members = set(Engine.__annotations__) | {
-        name
-        for name, value in vars(Engine).items()
-        if callable(value) and not name.startswith("_")
+        name for name, value in vars(Engine).items() if callable(value) and not name.startswith("_")
     }
     assert members >= {"vocab_size", "max_context", "stats", "on_step", "submit", "start"}
 

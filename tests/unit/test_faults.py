@@ -153,11 +153,6 @@ def test_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert FaultFile.from_environment().path is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: FaultFile detects a rewrite by st_mtime alone; a second write within one "
-    "filesystem timestamp tick (same mtime, new inode and contents) is never picked up",
-)
 def test_rewrite_with_the_same_mtime_is_picked_up(tmp_path: Path) -> None:
     path = tmp_path / "faults.json"
     write_faults(path, FaultSwitches(hang=True))
