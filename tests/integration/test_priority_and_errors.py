@@ -31,14 +31,14 @@ def _finish_order(node: TritonNode, late_priority: int) -> list[str]:
     client = grpc_client(node.grpc_url)
     recorder = StreamRecorder()
     client.start_stream(callback=recorder.callback)
-    # Five waves of low-priority work: one running, one held by the engine's admission,
-    # three waiting in Triton's queue when the late request arrives.
-    lows = 5 * ENGINE_SLOTS
+    # Six waves of long low-priority requests: one running, one held by the engine's
+    # admission, the rest waiting in Triton's queue when the late request arrives.
+    lows = 6 * ENGINE_SLOTS
     try:
         for i in range(lows):
             client.async_stream_infer(
                 "ensemble",
-                ensemble_inputs(grpcclient, f"low {i}", 32, min_tokens=32),
+                ensemble_inputs(grpcclient, f"low {i}", 96, min_tokens=96),
                 request_id=f"low{i}",
                 priority=LOW,
             )
@@ -53,7 +53,7 @@ def _finish_order(node: TritonNode, late_priority: int) -> list[str]:
             time.sleep(0.02)
         client.async_stream_infer(
             "ensemble",
-            ensemble_inputs(grpcclient, "late", 32, min_tokens=32),
+            ensemble_inputs(grpcclient, "late", 96, min_tokens=96),
             request_id="late",
             priority=late_priority,
         )
@@ -66,7 +66,9 @@ def _finish_order(node: TritonNode, late_priority: int) -> list[str]:
 def test_high_priority_overtakes_queued_low_priority(triton_node: TritonNode) -> None:
     order = _finish_order(triton_node, late_priority=HIGH)
     overtaken = len(order) - 1 - order.index("late")
-    assert overtaken >= 2 * ENGINE_SLOTS, order
+    # FIFO would finish it last (0 overtaken, as the control test shows); a batch-mate or
+    # two may finish alongside it, so the bound leaves room for them.
+    assert overtaken >= ENGINE_SLOTS, order
 
 
 def test_same_priority_waits_its_turn(triton_node: TritonNode) -> None:
