@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mufleet.calibration.report import write_report
@@ -29,6 +29,9 @@ from python_backends.sim_engine.hardware import HardwareProfile, resolve_profile
 from router.cost_model import SLO, PairProfile
 
 ROOT = Path(__file__).resolve().parents[1]
+BENCH_LEVELS = [1, 2, 4, 8, 16, 32, 64]
+"""Concurrency levels of the capacity search: past 64 the host, not the emulated GPU,
+would set the pace (every request crosses the Python pre/post-processing steps)."""
 DEFAULT_PAIRS = (
     "sim:llama-3.1-8b_h100-sxm_tp1:4",
     "sim:llama-3.1-8b_h200-sxm_tp1:4",
@@ -88,7 +91,7 @@ def calibrate_pair(
             slo=slo,
             tokenizer_dir=spec.params.tokenizer_dir,
             corpus=CORPUS_PATH,
-            sweep=QUICK_SWEEP if quick else FULL_SWEEP,
+            sweep=replace(QUICK_SWEEP, levels=BENCH_LEVELS) if quick else FULL_SWEEP,
             time_scale=facts.time_scale,
             block_tokens=facts.block_tokens,
             hardware=facts.hardware,

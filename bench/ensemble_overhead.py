@@ -133,7 +133,9 @@ def plot(results: list[LevelResult], path: Path) -> None:
         ylabel="request latency (ms)",
         title="End-to-end latency",
     )
+    levels = sorted({r.concurrency for r in results})
     for ax in (left, right):
+        ax.set_xticks(levels, labels=[str(c) for c in levels])
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
