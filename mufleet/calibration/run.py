@@ -91,6 +91,8 @@ class CalibrationSettings:
     reference: PairProfile | None = None
     waves: int = 5
     seed: int = 0
+    nonce: int = field(default_factory=lambda: random.SystemRandom().randrange(2**32))
+    """Makes this calibration's prompts new to a server that saw earlier calibrations."""
 
 
 class Calibrator:
@@ -99,16 +101,29 @@ class Calibrator:
     def __init__(self, settings: CalibrationSettings, progress: Progress = print) -> None:
         self.s = settings
         self.progress = progress
-        self.prompts = PromptFactory(settings.tokenizer_dir, settings.corpus, settings.block_tokens)
+        self.prompts = PromptFactory(
+            settings.tokenizer_dir, settings.corpus, settings.block_tokens, nonce=settings.nonce
+        )
+        self._used_prompts = 0
 
     # -- workloads ----------------------------------------------------------------------
     def _inputs_for(
         self, classes: list[RequestClass]
     ) -> Callable[[int, bool], list[grpcclient.InferInput]]:
+        """Inputs for the ``i``-th request of a run over ``classes``.
+
+        Prompt numbers are never reused within a calibration: a prompt sent before would
+        find its whole prefix in the KV cache and cost less than the class it stands for.
+        Only the class's shared prefix is meant to be cached.
+        """
+        first = self._used_prompts
+        self._used_prompts += len(classes)
+
         def make(i: int, stream: bool) -> list[grpcclient.InferInput]:
             cls = classes[i % len(classes)]
             n = cls.output_tokens
-            return text_inputs(self.prompts.prompt(cls, i), n, min_tokens=n, stream=stream)
+            prompt = self.prompts.prompt(cls, first + i)
+            return text_inputs(prompt, n, min_tokens=n, stream=stream)
 
         return make
 

@@ -73,17 +73,27 @@ class PromptFactory:
     """Prompts with exact token counts, built from the shipped corpus.
 
     Each class gets its own shared prefix (so classes do not warm each other's cache) and
-    each request its own suffix. Lengths are counted with the server's tokenizer, the way
-    the preprocessing model counts them (special tokens included).
+    each request its own suffix, which opens with a tag drawn from ``nonce`` and the
+    request's number: no two requests of one factory, nor of two factories with different
+    nonces, share a cache block past the class prefix. Lengths are counted with the
+    server's tokenizer, the way the preprocessing model counts them (special tokens
+    included).
     """
 
-    def __init__(self, tokenizer_dir: Path, corpus: Path, block_tokens: int = 1) -> None:
+    TAG_TOKENS = 4
+
+    def __init__(
+        self, tokenizer_dir: Path, corpus: Path, block_tokens: int = 1, nonce: int = 0
+    ) -> None:
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-        words = corpus.read_text(encoding="utf-8").split()
-        self.ids = np.asarray(self.tokenizer.encode(" ".join(words * 4), add_special_tokens=False))
+        text = corpus.read_text(encoding="utf-8")
+        self.ids = np.asarray(
+            self.tokenizer.encode(" ".join(text.split()), add_special_tokens=False)
+        )
         self.block_tokens = max(block_tokens, 1)
+        self.nonce = nonce
 
     def _slice(self, start: int, length: int) -> list[int]:
         start %= max(len(self.ids) - length, 1)
@@ -98,7 +108,9 @@ class PromptFactory:
         rng = random.Random(zlib.crc32(cls.name.encode()))
         prefix = self._slice(rng.randrange(len(self.ids)), prefix_len)
         salt = zlib.crc32(cls.name.encode()) % 65521
-        suffix = self._slice(7919 * (index + 1) + 104729 * salt, cls.input_tokens)
+        tag_rng = random.Random(f"{self.nonce}:{cls.name}:{index}")
+        tag = [int(self.ids[tag_rng.randrange(len(self.ids))]) for _ in range(self.TAG_TOKENS)]
+        suffix = tag + self._slice(7919 * (index + 1) + 104729 * salt, cls.input_tokens)
         ids = (prefix + suffix)[: max(cls.input_tokens - 1, 1)]  # room for BOS
         return str(self.tokenizer.decode(ids))
 
