@@ -1,6 +1,6 @@
 """Model Units (MU): the fleet's currency of GPU work, and the cost model that prices requests.
 
-Definitions (see ``shared/DESIGN.md``, section "Model Units", and ``router/README.md``):
+Definitions (``router/README.md`` has a worked example):
 
 * A (model, hardware) **pair profile** (:class:`PairProfile`) holds fitted cost coefficients
   and the pair's capacity.
