@@ -167,20 +167,11 @@ class Calibrator:
             count = max(self.s.waves * level, 24)
             mix = self._mix(list(STANDARD_MIX), count)
             run = self._run(mix, level, max(level // 4, 1), latency)
-            point = LoadPoint(
-                concurrency=level,
-                rps=run.steady_rps() * scale,
-                ttft_p99_s=run.percentile("ttft_s", 99) / scale,
-                tpot_p99_s=run.percentile("tpot_s", 99) / scale,
-                errors=len(run.errors),
-                meets_slo=False,
-            )
-            ok = (
-                point.errors == 0
-                and point.ttft_p99_s <= self.s.slo.ttft_p99_s
-                and point.tpot_p99_s <= self.s.slo.tpot_p99_s
-            )
-            point = LoadPoint(**{**point.__dict__, "meets_slo": ok})
+            ttft = run.percentile("ttft_s", 99) / scale
+            tpot = run.percentile("tpot_s", 99) / scale
+            errors = len(run.errors)
+            ok = errors == 0 and ttft <= self.s.slo.ttft_p99_s and tpot <= self.s.slo.tpot_p99_s
+            point = LoadPoint(level, run.steady_rps() * scale, ttft, tpot, errors, ok)
             points.append(point)
             self.progress(
                 f"[capacity] c={level:<4} {point.rps:8.2f} req/s  TTFT p99 "
@@ -258,7 +249,8 @@ class Calibrator:
         latency = self._warm(mix)
         mix_run = self._run(mix, concurrency, 0, latency)
         mix_rps = mix_run.steady_rps() * s.time_scale
-        mix_pred = 1.0 / (sum(model.busy_s(self.prompts.shape(c, 0)) for c in mix) / len(mix))
+        busy = {c: model.busy_s(self.prompts.shape(c, 0)) for c in set(mix)}
+        mix_pred = 1.0 / (sum(busy[c] for c in mix) / len(mix))
         capacity_mape = mape_pct([mix_pred], [mix_rps])
         std_pred = 1.0 / sum(w * model.busy_s(self.prompts.shape(c, 0)) for c, w in STANDARD_MIX)
         self.progress(

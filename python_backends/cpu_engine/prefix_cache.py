@@ -46,6 +46,7 @@ class PrefixCache:
         self.capacity_bytes = capacity_bytes
         self._entries: OrderedDict[tuple[int, ...], tuple[np.ndarray, KVState]] = OrderedDict()
         self._bytes = 0
+        self._tokens = 0
 
     @property
     def bytes_used(self) -> int:
@@ -53,7 +54,7 @@ class PrefixCache:
 
     @property
     def tokens_held(self) -> int:
-        return sum(kv_length(kv) for _, kv in self._entries.values())
+        return self._tokens
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -89,9 +90,11 @@ class PrefixCache:
         kv = tuple((k.contiguous(), v.contiguous()) for k, v in kv)
         self._entries[key] = (arr, kv)
         self._bytes += size
+        self._tokens += len(key)
         while self._bytes > self.capacity_bytes and self._entries:
             self._drop(next(iter(self._entries)))
 
     def _drop(self, key: tuple[int, ...]) -> None:
         _, kv = self._entries.pop(key)
         self._bytes -= kv_bytes(kv)
+        self._tokens -= kv_length(kv)
