@@ -249,8 +249,8 @@ class Calibrator:
         latency = self._warm(mix)
         mix_run = self._run(mix, concurrency, 0, latency)
         mix_rps = mix_run.steady_rps() * s.time_scale
-        busy = {c: model.busy_s(self.prompts.shape(c, 0)) for c in set(mix)}
-        mix_pred = 1.0 / (sum(busy[c] for c in mix) / len(mix))
+        class_busy = {c: model.busy_s(self.prompts.shape(c, 0)) for c in set(mix)}
+        mix_pred = 1.0 / (sum(class_busy[c] for c in mix) / len(mix))
         capacity_mape = mape_pct([mix_pred], [mix_rps])
         std_pred = 1.0 / sum(w * model.busy_s(self.prompts.shape(c, 0)) for c, w in STANDARD_MIX)
         self.progress(
