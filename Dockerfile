@@ -16,11 +16,20 @@
 # Mounts: /engines (trtllm-build output dir), /tokenizer (HF tokenizer dir);
 # /models holds the repository rendered at start-up by the entrypoint.
 #
+# The entrypoint reads the engine's world size (tp * pp * cp) from
+# /engines/config.json: 1 runs one tritonserver, more runs one MPI rank per
+# GPU (or, with MUFLEET_TRTLLM_MODE=orchestrator, one tritonserver whose
+# backend spawns the workers). Template settings come from environment
+# variables (docs/gpu.md lists them), e.g. -e KV_CACHE_FREE_GPU_MEM_FRACTION=0.85.
+#
 # Only the paths the image needs are copied (no `COPY . .`), so a local .venv
 # or bench results never end up in a layer; .dockerignore keeps them out of
 # the build context upload too.
 
 FROM nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3
+
+# RUN lines use pipes: a failing stage must fail the build.
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -60,6 +69,7 @@ RUN set -eux; \
     rm -f /tmp/image-constraints.txt; \
     python3 -c "import numpy, tokenizers, transformers, pydantic, PIL, tritonclient.http"; \
     command -v mufleet; \
+    command -v mpirun; \
     chmod 0755 /opt/mufleet/docker/entrypoint.sh
 
 # Non-root: the Triton images ship user triton-server (uid/gid 1000). It owns
@@ -73,6 +83,10 @@ RUN set -eux; \
 # MUFLEET_MODEL_REPOSITORY: where `mufleet render` finds the templates. The
 # package is installed non-editable, so its default (next to the installed
 # package) does not exist; the templates are the copy in /opt/mufleet.
+# MUFLEET_TRTLLM_MODE: how an engine with world size > 1 is served (auto =
+# MPI leader mode); the image's mpirun (checked above) starts the ranks.
+# (DL3064 takes TOKENIZER_DIR for a secret; it is a mount path.)
+# hadolint ignore=DL3064
 ENV HOME=/home/triton-server \
     HF_HOME=/home/triton-server/.cache/huggingface \
     MUFLEET_MODEL_REPOSITORY=/opt/mufleet/model_repository \
@@ -80,6 +94,7 @@ ENV HOME=/home/triton-server \
     ENGINE_DIR=/engines \
     TOKENIZER_DIR=/tokenizer \
     MODEL_REPOSITORY=/models \
+    MUFLEET_TRTLLM_MODE=auto \
     HTTP_PORT=8000 \
     GRPC_PORT=8001 \
     METRICS_PORT=8002
@@ -89,8 +104,9 @@ EXPOSE 8000 8001 8002
 
 # Engine loading can take minutes: generous start period.
 # (python3 rather than curl: it is certainly in the image.)
+# Exec form: an unreachable or unready server raises, and python3 exits 1.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=600s --retries=3 \
-    CMD python3 -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('HTTP_PORT', '8000') + '/v2/health/ready', timeout=4)" || exit 1
+    CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('HTTP_PORT', '8000') + '/v2/health/ready', timeout=4)"]
 
 ENTRYPOINT ["/opt/mufleet/docker/entrypoint.sh"]
 CMD []

@@ -23,6 +23,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mufleet import paths
+from python_backends.contract import MODELS, ensemble_steps
 
 Profile = Literal["cpu", "sim", "trtllm"]
 PROFILES: tuple[str, ...] = ("cpu", "sim", "trtllm")
@@ -58,6 +59,32 @@ class RenderParams(BaseModel):
     )
     hardware_profile: Path | None = Field(None, description="sim: emulated (model, GPU) pair")
     time_scale: float = Field(1.0, gt=0.0, description="sim: wall seconds per emulated second")
+    decoupled_mode: bool = Field(
+        True, description="tensorrt_llm and tensorrt_llm_bls stream (unary infer needs false)"
+    )
+    max_queue_size: int = Field(0, ge=0, description="Triton queue bound per model; 0: none")
+    preprocessing_instance_count: int = Field(1, ge=1, le=64)
+    postprocessing_instance_count: int = Field(1, ge=1, le=64)
+    bls_instance_count: int = Field(1, ge=1, le=64)
+    bls_max_concurrent_requests: int = Field(
+        64, ge=1, le=4096, description="requests one BLS instance serves at once"
+    )
+    accumulate_tokens: bool = Field(
+        False, description="BLS streaming: each response carries the whole text so far"
+    )
+    exclude_input_in_output: bool = Field(
+        True, description="default for requests that do not send exclude_input_in_output"
+    )
+    add_special_tokens: bool = True
+    skip_special_tokens: bool = True
+    enable_chunked_context: bool = False
+    max_tokens_in_paged_kv_cache: int = Field(0, ge=0, description="trtllm; 0: backend default")
+    max_attention_window_size: int = Field(0, ge=0, description="trtllm; 0: backend default")
+    gpu_device_ids: str = Field("", pattern=r"^([0-9]+(,[0-9]+)*(;[0-9]+(,[0-9]+)*)*)?$")
+    participant_ids: str = Field("", pattern=r"^([0-9]+(,[0-9]+)*(;[0-9]+(,[0-9]+)*)*)?$")
+    logits_datatype: Literal["TYPE_FP32", "TYPE_FP16", "TYPE_BF16"] = "TYPE_FP32"
+    prompt_embedding_table_data_type: Literal["TYPE_FP16", "TYPE_BF16", "TYPE_FP32"] = "TYPE_FP16"
+    encoder_input_features_data_type: Literal["TYPE_FP16", "TYPE_BF16", "TYPE_FP32"] = "TYPE_FP16"
 
     @model_validator(mode="after")
     def _check(self) -> RenderParams:
@@ -67,6 +94,8 @@ class RenderParams(BaseModel):
             raise ValueError("the trtllm profile needs engine_dir")
         if self.profile == "sim" and self.hardware_profile is None:
             raise ValueError("the sim profile needs hardware_profile")
+        if self.profile != "trtllm" and self.logits_datatype != "TYPE_FP32":
+            raise ValueError("the Python engines return TYPE_FP32 logits")
         return self
 
     def variables(self) -> dict[str, str]:
@@ -85,6 +114,16 @@ class RenderParams(BaseModel):
         values["engine_dir"] = str(self.engine_dir or "")
         values["hardware_profile"] = str(self.hardware_profile or "")
         values["engine"] = self.profile
+        values["optional_trtllm_parameters"] = "\n".join(
+            f'parameters: {{ key: "{key}" value: {{ string_value: "{value}" }} }}'
+            for key, value in (
+                ("max_tokens_in_paged_kv_cache", self.max_tokens_in_paged_kv_cache),
+                ("max_attention_window_size", self.max_attention_window_size),
+                ("gpu_device_ids", self.gpu_device_ids),
+                ("participant_ids", self.participant_ids),
+            )
+            if value
+        )
         return values
 
     def digest(self) -> str:
@@ -103,6 +142,16 @@ def fill(text: str, variables: dict[str, str], where: str = "template") -> str:
         return variables[name]
 
     return _PLACEHOLDER.sub(sub, text)
+
+
+def _model_variables(model: str, variables: dict[str, str]) -> dict[str, str]:
+    """``variables`` plus the blocks the contract table renders for ``model``."""
+    out = dict(variables)
+    if model in MODELS:
+        out["io"] = fill(MODELS[model].pbtxt(), variables, f"{model} contract")
+    if model == "ensemble":
+        out["ensemble_steps"] = ensemble_steps()
+    return out
 
 
 def _copy_model(src: Path, dst: Path, profile: str) -> None:
@@ -131,7 +180,9 @@ def render(params: RenderParams, out: Path, templates: Path | None = None) -> Pa
             config = staging / model.name / "config.pbtxt"
             if not config.exists():
                 raise RenderError(f"model {model.name} has no config.pbtxt")
-            config.write_text(fill(config.read_text(), variables, str(config)))
+            config.write_text(
+                fill(config.read_text(), _model_variables(model.name, variables), str(config))
+            )
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)

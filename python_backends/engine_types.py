@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from python_backends.generation import GenerationSpec
 
@@ -28,6 +28,23 @@ class EngineStats:
 
 
 @dataclass(frozen=True)
+class RequestPerf:
+    """Per-request figures in the terms of TensorRT-LLM's ``return_perf_metrics`` outputs.
+
+    Times are ``time.monotonic_ns()`` (TensorRT-LLM reports its steady clock); a time that
+    has not happened yet is 0.
+    """
+
+    arrival_ns: int = 0
+    first_scheduled_ns: int = 0
+    first_token_ns: int = 0
+    last_token_ns: int = 0
+    kv_new_blocks: int = 0
+    kv_reused_blocks: int = 0
+    kv_total_blocks: int = 0
+
+
+@dataclass(frozen=True)
 class TokenEvent:
     """What the engine tells a request's owner: new tokens, the end, or an error."""
 
@@ -39,6 +56,11 @@ class TokenEvent:
     cached_tokens: int = 0
     sequence_length: int | None = None
     """Reported length when it differs from ``len(token_ids)`` (only a faulty engine)."""
+    perf: RequestPerf | None = None
+    context_logits: Any = None
+    """``[prompt tokens, vocab]`` float32 logits, on the first event, when asked for."""
+    generation_logits: Any = None
+    """``[len(token_ids), vocab]`` float32 logits of this event's tokens, when asked for."""
 
 
 Emit = Callable[[TokenEvent], None]
@@ -47,10 +69,14 @@ Emit = Callable[[TokenEvent], None]
 class Engine(Protocol):
     """What the ``tensorrt_llm`` Python model needs from an engine, whatever the profile."""
 
+    name: str
+    """The engine's registry name, used in refusals (``cpu``, ``sim``)."""
     vocab_size: int
     max_context: int
     stats: EngineStats
     on_step: Callable[[EngineStats], None] | None
+    on_fatal: Callable[[str], None] | None
+    dead_reason: str | None
 
     def submit(
         self, spec: GenerationSpec, emit: Emit, is_cancelled: Callable[[], bool] = ...

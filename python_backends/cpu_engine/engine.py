@@ -9,17 +9,18 @@ Finished sequences leave their KV in the :class:`PrefixCache` for later turns.
 
 from __future__ import annotations
 
-import contextlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from python_backends.cpu_engine.prefix_cache import KVState, PrefixCache, kv_length
 from python_backends.cpu_engine.sampling import TokenSampler
 from python_backends.engine_loop import EngineLoop
-from python_backends.engine_types import EngineStats, TokenEvent
+from python_backends.engine_types import EngineStats, RequestPerf, TokenEvent
 from python_backends.generation import GenerationSpec
 
 Emit = Callable[[TokenEvent], None]
@@ -48,6 +49,15 @@ class _Sequence:
     log_probs: list[float] = field(default_factory=list)
     cached_tokens: int = 0
     finish_reason: str | None = None
+    scheduled_ns: int = 0
+    first_token_ns: int = 0
+    last_token_ns: int = 0
+    context_logits: object = None
+    """``[prompt, vocab]`` numpy logits, kept until the first event carries them."""
+    logits: list[np.ndarray] = field(default_factory=list)
+    """Generation logits rows not yet sent (only when asked for)."""
+    ended: bool = False
+    """The owner has had its final event (or is gone)."""
 
 
 def _to_cache(kv: KVState) -> object:
@@ -65,6 +75,7 @@ class CpuEngine(EngineLoop[_Sequence]):
     """Serves :class:`GenerationSpec` requests with a local HF checkpoint."""
 
     thread_name = "cpu-engine"
+    name = "cpu"
 
     def __init__(self, config: EngineConfig) -> None:
         from transformers import AutoConfig, AutoModelForCausalLM
@@ -99,15 +110,16 @@ class CpuEngine(EngineLoop[_Sequence]):
         """One iteration: admit and prefill newcomers, then one batched decode step."""
         admitted: list[_Sequence] = []
         with self._cond:
-            while (
-                self._waiting and len(self._running) + len(admitted) < self.config.max_num_sequences
-            ):
-                admitted.append(self._waiting.popleft())
+            while self._waiting and len(self._running) < self.config.max_num_sequences:
+                seq = self._waiting.popleft()
+                admitted.append(seq)
+                self._running.append(seq)  # running from here on: a failure fails it
             self._cond.notify_all()
         self.stats.context = len(admitted)
+        now = time.monotonic_ns()
         for seq in admitted:
-            if self._guard(seq, self._prefill):
-                self._running.append(seq)
+            seq.scheduled_ns = now
+            self._guard(seq, self._prefill)
         decoding = [s for s in self._running if s.finish_reason is None and s.generated]
         if decoding:
             try:
@@ -117,22 +129,22 @@ class CpuEngine(EngineLoop[_Sequence]):
                     self._fail(seq, f"decode failed: {exc}")
         self._running = [s for s in self._running if s.finish_reason is None]
         self._refresh_stats()
-        if self.on_step is not None:
-            self.on_step(self.stats)
+        self._emit_stats(self.stats)
 
     # -- model work --------------------------------------------------------------------
-    def _guard(self, seq: _Sequence, work: Callable[[_Sequence], None]) -> bool:
+    def _guard(self, seq: _Sequence, work: Callable[[_Sequence], None]) -> None:
         try:
             work(seq)
         except Exception as exc:
             self._fail(seq, f"prefill failed: {exc}")
-            return False
-        return seq.finish_reason is None
 
     @torch.inference_mode()
     def _prefill(self, seq: _Sequence) -> None:
         prompt = list(seq.spec.input_ids)
-        cached, kv = self.prefix_cache.lookup(prompt)
+        # Context logits cover every prompt position, so a cached prefix cannot be used.
+        cached, kv = (
+            (0, None) if seq.spec.return_context_logits else self.prefix_cache.lookup(prompt)
+        )
         seq.cached_tokens = cached
         new = prompt[cached:]
         input_ids = torch.tensor([new], dtype=torch.long)
@@ -148,6 +160,8 @@ class CpuEngine(EngineLoop[_Sequence]):
         self.stats.prefill_tokens += len(new)
         self.stats.cached_prompt_tokens += cached
         self.stats.kv_blocks_reused += cached // self.config.kv_block_tokens
+        if seq.spec.return_context_logits:
+            seq.context_logits = out.logits[0].float().numpy().copy()
         self._accept(seq, out.logits[0, -1])
 
     @torch.inference_mode()
@@ -198,62 +212,94 @@ class CpuEngine(EngineLoop[_Sequence]):
         return tuple(layers)
 
     # -- bookkeeping -------------------------------------------------------------------
+    def _perf(self, seq: _Sequence) -> RequestPerf:
+        block = self.config.kv_block_tokens
+        total = -(-(len(seq.spec.input_ids) + len(seq.generated)) // block)
+        reused = seq.cached_tokens // block
+        return RequestPerf(
+            arrival_ns=seq.spec.arrival_ns,
+            first_scheduled_ns=seq.scheduled_ns,
+            first_token_ns=seq.first_token_ns,
+            last_token_ns=seq.last_token_ns,
+            kv_new_blocks=total - reused,
+            kv_reused_blocks=reused,
+            kv_total_blocks=total,
+        )
+
+    def _event(self, seq: _Sequence, tokens: list[int], log_probs: list[float], reason: str | None):
+        """An event for ``tokens``, carrying the logits not sent yet."""
+        context, seq.context_logits = seq.context_logits, None
+        rows, seq.logits = seq.logits, []
+        generation = np.stack(rows) if seq.spec.return_generation_logits and rows else None
+        return TokenEvent(
+            tuple(tokens),
+            tuple(log_probs),
+            reason is not None,
+            reason,
+            cached_tokens=seq.cached_tokens,
+            perf=self._perf(seq),
+            context_logits=context,
+            generation_logits=generation,
+        )
+
     def _accept(self, seq: _Sequence, logits: torch.Tensor) -> None:
         if seq.is_cancelled():
             self._fail(seq, "cancelled")
             return
         token, log_prob = seq.sampler.choose(logits, seq.generated)
         spec = seq.spec
+        now = time.monotonic_ns()
+        seq.first_token_ns = seq.first_token_ns or now
+        seq.last_token_ns = now
         if token == spec.end_id and len(seq.generated) >= spec.min_tokens:
             self._finish(seq, "end_id")
             return
         seq.generated.append(token)
         seq.log_probs.append(log_prob)
+        if spec.return_generation_logits:
+            seq.logits.append(logits.float().numpy().copy())
         if any(tuple(seq.generated[-len(w) :]) == w for w in spec.stop_words):
             reason: str | None = "stop_words"
         elif len(seq.generated) >= spec.max_new_tokens:
             reason = "length"
         else:
             reason = None
-        if spec.streaming:
-            seq.emit(
-                TokenEvent(
-                    (token,),
-                    (log_prob,),
-                    reason is not None,
-                    reason,
-                    cached_tokens=seq.cached_tokens,
-                )
-            )
+        if spec.streaming and not self._deliver(
+            seq.emit, self._event(seq, [token], [log_prob], reason)
+        ):
+            self._drop(seq)
+            return
         if reason is not None:
             self._finish(seq, reason, streamed=spec.streaming)
 
     def _finish(self, seq: _Sequence, reason: str, streamed: bool = False) -> None:
         seq.finish_reason = reason
+        seq.ended = True
         self.stats.completed += 1
         if seq.kv is not None and kv_length(seq.kv) == len(seq.fed):
             self.prefix_cache.insert(seq.fed, seq.kv)
         seq.kv = None
-        if not streamed:
-            if seq.spec.streaming:
-                seq.emit(TokenEvent((), (), True, reason, cached_tokens=seq.cached_tokens))
-            else:
-                seq.emit(
-                    TokenEvent(
-                        tuple(seq.generated),
-                        tuple(seq.log_probs),
-                        True,
-                        reason,
-                        cached_tokens=seq.cached_tokens,
-                    )
-                )
+        if streamed:
+            return
+        if seq.spec.streaming:
+            event = self._event(seq, [], [], reason)
+        else:
+            event = self._event(seq, seq.generated, seq.log_probs, reason)
+        self._deliver(seq.emit, event)
+
+    def _drop(self, seq: _Sequence) -> None:
+        """End ``seq`` without telling its owner (the owner's callback failed)."""
+        seq.finish_reason = "error"
+        seq.ended = True
+        seq.kv = None
 
     def _fail(self, seq: _Sequence, message: str) -> None:
+        if seq.ended:
+            return
         seq.finish_reason = "error"
+        seq.ended = True
         seq.kv = None
-        # The owner may be gone (client disconnected); there is nobody left to tell.
-        with contextlib.suppress(Exception):
-            seq.emit(TokenEvent((), (), True, "error", error=message))
+        self._deliver(seq.emit, TokenEvent((), (), True, "error", error=message))
 
     def _refresh_stats(self) -> None:
         stats, block = self.stats, self.config.kv_block_tokens

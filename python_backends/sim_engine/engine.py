@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from python_backends.engine_loop import EngineLoop
-from python_backends.engine_types import EngineStats, TokenEvent
+from python_backends.engine_types import EngineStats, RequestPerf, TokenEvent
 from python_backends.generation import GenerationSpec
 from python_backends.sim_engine.block_pool import Allocation, BlockPool
 from python_backends.sim_engine.faults import FaultFile, FaultSwitches
@@ -52,6 +52,13 @@ class _SimSequence:
     prefill_left: int = 0
     generated: list[int] = field(default_factory=list)
     failed: bool = False
+    scheduled_ns: int = 0
+    first_token_ns: int = 0
+    last_token_ns: int = 0
+    kv_reused_blocks: int = 0
+    kv_total_blocks: int = 0
+    ended: bool = False
+    """The owner has had its final event (or is gone)."""
 
     @property
     def context(self) -> int:
@@ -68,6 +75,7 @@ class SimEngine(EngineLoop[_SimSequence]):
     """Serves :class:`GenerationSpec` requests with emulated GPU timing."""
 
     thread_name = "sim-engine"
+    name = "sim"
 
     def __init__(self, config: SimConfig, faults: FaultFile | None = None) -> None:
         super().__init__()
@@ -146,8 +154,7 @@ class SimEngine(EngineLoop[_SimSequence]):
             self._next_token(seq, faults)
         self._running = [s for s in self._running if not self._finished(s)]
         self._refresh_stats()
-        if self.on_step is not None:
-            self.on_step(self.stats)
+        self._emit_stats(self.stats)
         return emulated
 
     def _advance(self, wall_s: float) -> None:
@@ -174,6 +181,9 @@ class SimEngine(EngineLoop[_SimSequence]):
                     break  # guaranteed_no_evict: wait for blocks, in order
                 self._waiting.popleft()
                 seq.allocation = allocation
+                seq.scheduled_ns = time.monotonic_ns()
+                seq.kv_reused_blocks = len(allocation.cached_blocks)
+                seq.kv_total_blocks = allocation.total
                 cached = len(allocation.cached_blocks) * self.pool.block_tokens
                 seq.cached_tokens = min(cached, len(seq.spec.input_ids) - 1)
                 seq.prefill_left = len(seq.spec.input_ids) - seq.cached_tokens
@@ -195,43 +205,84 @@ class SimEngine(EngineLoop[_SimSequence]):
     def _finished(self, seq: _SimSequence) -> bool:
         return seq.allocation is None
 
+    def _choose(self, seq: _SimSequence) -> int:
+        """The next pseudo-text token, stepping past bad words and an early ``end_id``."""
+        spec = seq.spec
+        token = pseudo_token(spec, len(seq.generated), self.vocab_size)
+        span = max(self.vocab_size - FIRST_ORDINARY_ID, 1)
+        for _ in range(span):
+            banned = token == spec.end_id and len(seq.generated) < spec.min_tokens
+            for word in spec.bad_words:
+                *prefix, last = word
+                if token == last and (not prefix or list(seq.generated[-len(prefix) :]) == prefix):
+                    banned = True
+            if not banned:
+                break
+            token = FIRST_ORDINARY_ID + (token - FIRST_ORDINARY_ID + 1) % span
+        return token
+
+    def _perf(self, seq: _SimSequence) -> RequestPerf:
+        return RequestPerf(
+            arrival_ns=seq.spec.arrival_ns,
+            first_scheduled_ns=seq.scheduled_ns,
+            first_token_ns=seq.first_token_ns,
+            last_token_ns=seq.last_token_ns,
+            kv_new_blocks=seq.kv_total_blocks - seq.kv_reused_blocks,
+            kv_reused_blocks=seq.kv_reused_blocks,
+            kv_total_blocks=seq.kv_total_blocks,
+        )
+
     def _next_token(self, seq: _SimSequence, faults: FaultSwitches) -> None:
         if self._finished(seq):
             return
         spec = seq.spec
-        token = pseudo_token(spec, len(seq.generated), self.vocab_size)
+        now = time.monotonic_ns()
+        seq.first_token_ns = seq.first_token_ns or now
+        seq.last_token_ns = now
+        token = self._choose(seq)
         if faults.garbage:
             token = self.vocab_size + 1000 + len(seq.generated)
-        seq.generated.append(token)
-        done = len(seq.generated) >= spec.max_new_tokens or any(
-            tuple(seq.generated[-len(w) :]) == w for w in spec.stop_words
-        )
-        reason = "length" if done else None
-        if spec.streaming:
-            length = 3 if faults.garbage else 1
-            seq.emit(
+        reason: str | None = None
+        if token == spec.end_id:
+            reason = "end_id"
+        else:
+            seq.generated.append(token)
+            if any(tuple(seq.generated[-len(w) :]) == w for w in spec.stop_words):
+                reason = "stop_words"
+            elif len(seq.generated) >= spec.max_new_tokens:
+                reason = "length"
+        done = reason is not None
+        sent = True
+        if spec.streaming and (reason != "end_id"):
+            sent = self._deliver(
+                seq.emit,
                 TokenEvent(
                     (token,),
                     (0.0,),
                     done,
                     reason,
                     cached_tokens=seq.cached_tokens,
-                    sequence_length=length,
-                )
+                    sequence_length=3 if faults.garbage else 1,
+                    perf=self._perf(seq),
+                ),
             )
-        if done:
-            if not spec.streaming:
-                n = len(seq.generated)
-                seq.emit(
-                    TokenEvent(
-                        tuple(seq.generated),
-                        (0.0,) * n,
-                        True,
-                        reason,
-                        cached_tokens=seq.cached_tokens,
-                        sequence_length=n + 3 if faults.garbage else n,
-                    )
-                )
+        elif done:
+            tokens = () if spec.streaming else tuple(seq.generated)
+            n = len(tokens)
+            sent = self._deliver(
+                seq.emit,
+                TokenEvent(
+                    tokens,
+                    (0.0,) * n,
+                    True,
+                    reason,
+                    cached_tokens=seq.cached_tokens,
+                    sequence_length=n + 3 if faults.garbage and n else n,
+                    perf=self._perf(seq),
+                ),
+            )
+        if done or not sent:
+            seq.ended = True
             self._release(seq)
             self.stats.completed += 1
 
@@ -242,12 +293,11 @@ class SimEngine(EngineLoop[_SimSequence]):
             seq.allocation = None
 
     def _fail(self, seq: _SimSequence, message: str) -> None:
-        self._release(seq)
-        seq.allocation = None
-        try:
-            seq.emit(TokenEvent((), (), True, "error", error=message))
-        except Exception:  # the owner is gone (client disconnected)
+        if seq.ended:
             return
+        seq.ended = True
+        self._release(seq)
+        self._deliver(seq.emit, TokenEvent((), (), True, "error", error=message))
 
     def _refresh_stats(self) -> None:
         stats = self.stats

@@ -7,6 +7,7 @@ command line instead of exec'ing it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -40,6 +41,20 @@ SAMPLE_VARS: dict[str, object] = {
     "kv_cache_free_gpu_mem_fraction": 0.85,
     "enable_kv_cache_reuse": "true",
     "batching_strategy": "inflight_fused_batching",
+    # Further renderer fields (the entrypoint's --set knobs), at their defaults.
+    "decoupled_mode": "true",
+    "max_queue_size": 0,
+    "bls_instance_count": 1,
+    "preprocessing_instance_count": 1,
+    "postprocessing_instance_count": 1,
+    "tensorrt_llm_instance_count": 1,
+    "accumulate_tokens": "false",
+    "enable_chunked_context": "false",
+    "max_tokens_in_paged_kv_cache": 0,
+    "max_attention_window_size": 0,
+    "exclude_input_in_output": "true",
+    "gpu_device_ids": "",
+    "participant_ids": "",
 }
 
 
@@ -144,6 +159,72 @@ def test_healthcheck_probes_readiness(dockerfile: list[tuple[str, str]]) -> None
     assert "/v2/health/ready" in checks[0]
 
 
+def _healthcheck_argv(dockerfile: list[tuple[str, str]]) -> list[str]:
+    (check,) = _args(dockerfile, "HEALTHCHECK")
+    _, _, command = check.partition(" CMD ")
+    argv = json.loads(command)  # exec form: no shell in the health probe
+    assert isinstance(argv, list)
+    return [str(a) for a in argv]
+
+
+def test_healthcheck_command_runs(dockerfile: list[tuple[str, str]]) -> None:
+    """The probe exits 0 when /v2/health/ready answers 200, and non-zero otherwise."""
+    import http.server
+    import threading
+
+    class Ready(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/v2/health/ready" else 404)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    argv = _healthcheck_argv(dockerfile)
+    assert argv[0] == "python3"
+    probe = [sys.executable, *argv[1:]]
+    server = http.server.HTTPServer(("127.0.0.1", 0), Ready)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = str(server.server_address[1])
+        env = os.environ | {"HTTP_PORT": port}
+        assert subprocess.run(probe, env=env, timeout=30, check=False).returncode == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    down = subprocess.run(probe, env=env, capture_output=True, timeout=30, check=False)
+    assert down.returncode == 1
+
+
+def test_run_lines_fail_on_pipe_errors(dockerfile: list[tuple[str, str]]) -> None:
+    shells = _args(dockerfile, "SHELL")
+    assert shells, "no SHELL instruction"
+    shell = json.loads(shells[0])
+    assert shell[0].endswith("bash")
+    assert "pipefail" in shell
+    first_shell = next(i for i, (kw, _) in enumerate(dockerfile) if kw == "SHELL")
+    first_run = next(i for i, (kw, _) in enumerate(dockerfile) if kw == "RUN")
+    assert first_shell < first_run
+
+
+def test_image_checks_for_mpirun(dockerfile: list[tuple[str, str]]) -> None:
+    # TP/PP engines are served through mpirun: the build fails if the image lacks it.
+    assert "command -v mpirun" in " ".join(_args(dockerfile, "RUN"))
+
+
+HADOLINT = shutil.which("hadolint", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+
+
+@pytest.mark.skipif(HADOLINT is None, reason="hadolint not installed")
+def test_dockerfile_hadolint_clean() -> None:
+    assert HADOLINT is not None
+    result = subprocess.run(
+        [HADOLINT, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_runs_as_non_root(dockerfile: list[tuple[str, str]]) -> None:
     users = _args(dockerfile, "USER")
     assert users, "no USER instruction"
@@ -166,6 +247,7 @@ def test_env_defaults_match_mounts(dockerfile: list[tuple[str, str]]) -> None:
     assert env["TOKENIZER_DIR"] == "/tokenizer"
     assert env["MODEL_REPOSITORY"] == "/models"
     assert env["MUFLEET_PROFILE"] == "trtllm"
+    assert env["MUFLEET_TRTLLM_MODE"] == "auto"
     # The installed (non-editable) package must find the copied templates.
     templates = env["MUFLEET_MODEL_REPOSITORY"]
     assert templates.startswith(f"{IMAGE_PROJECT_DIR}/")
@@ -174,6 +256,28 @@ def test_env_defaults_match_mounts(dockerfile: list[tuple[str, str]]) -> None:
 
 # --------------------------------------------------------------------------- entrypoint
 
+# Template settings the entrypoint passes to `mufleet render --set`: env name -> kind.
+KNOBS: dict[str, str] = {
+    "DECOUPLED_MODE": "bool",
+    "MAX_QUEUE_SIZE": "uint",
+    "MAX_QUEUE_DELAY_US": "uint",
+    "PRIORITY_LEVELS": "count",
+    "DEFAULT_PRIORITY_LEVEL": "count",
+    "BLS_INSTANCE_COUNT": "count",
+    "PREPROCESSING_INSTANCE_COUNT": "count",
+    "POSTPROCESSING_INSTANCE_COUNT": "count",
+    "TENSORRT_LLM_INSTANCE_COUNT": "count",
+    "ACCUMULATE_TOKENS": "bool",
+    "BATCHING_STRATEGY": "batching",
+    "KV_CACHE_FREE_GPU_MEM_FRACTION": "fraction",
+    "ENABLE_KV_CACHE_REUSE": "bool",
+    "ENABLE_CHUNKED_CONTEXT": "bool",
+    "MAX_TOKENS_IN_PAGED_KV_CACHE": "uint",
+    "MAX_ATTENTION_WINDOW_SIZE": "uint",
+    "EXCLUDE_INPUT_IN_OUTPUT": "bool",
+    "GPU_DEVICE_IDS": "ids",
+    "PARTICIPANT_IDS": "ids",
+}
 
 # Variables the entrypoint reads: cleared from the inherited environment.
 _ENTRYPOINT_VARS = {
@@ -183,13 +287,30 @@ _ENTRYPOINT_VARS = {
     "MODEL_DIR",
     "MODEL_REPOSITORY",
     "MAX_BATCH_SIZE",
+    "MUFLEET_TRTLLM_MODE",
+    "TRTLLM_ORCHESTRATOR",
+    "TRTLLM_ORCHESTRATOR_SPAWN_PROCESSES",
+    "CUDA_VISIBLE_DEVICES",
+    "HOSTNAME",
     "HTTP_PORT",
     "GRPC_PORT",
     "METRICS_PORT",
     "TRITONSERVER",
+    "MPIRUN",
     "MUFLEET_BIN",
     "MUFLEET_DRY_RUN",
+    *KNOBS,
 }
+
+HOST = "testhost"
+TRITON = "/opt/tritonserver/bin/tritonserver"
+# Flags every tritonserver process of the container gets.
+BASE_FLAGS = [
+    "--model-control-mode=explicit",
+    "--strict-readiness=true",
+    "--exit-on-error=true",
+    "--disable-auto-complete-config",
+]
 
 
 def _run_entrypoint(
@@ -216,6 +337,16 @@ def dirs(tmp_path: Path) -> dict[str, Path]:
     tokenizer.mkdir()
     (engines / "config.json").write_text("{}")
     return {"engines": engines, "tokenizer": tokenizer, "models": tmp_path / "models"}
+
+
+def _engine_config(dirs: dict[str, Path], **mapping: int) -> None:
+    """An engine config.json as trtllm-build writes it (only the keys read here)."""
+    config = {
+        "version": "1.2.1",
+        "pretrained_config": {"architecture": "LlamaForCausalLM", "mapping": mapping},
+        "build_config": {"max_batch_size": 8},
+    }
+    (dirs["engines"] / "config.json").write_text(json.dumps(config))
 
 
 def test_entrypoint_syntax() -> None:
@@ -267,7 +398,13 @@ def test_missing_directory_exits_2_before_mufleet(
 
 
 @pytest.mark.parametrize(
-    ("var", "value"), [("MAX_BATCH_SIZE", "0"), ("MAX_BATCH_SIZE", "lots"), ("HTTP_PORT", "99999")]
+    ("var", "value"),
+    [
+        ("MAX_BATCH_SIZE", "0"),
+        ("MAX_BATCH_SIZE", "lots"),
+        ("MAX_BATCH_SIZE", "99999999999999999999"),
+        ("HTTP_PORT", "99999"),
+    ],
 )
 def test_bad_numbers_exit_2(dirs: dict[str, Path], tmp_path: Path, var: str, value: str) -> None:
     env = {
@@ -307,16 +444,54 @@ def _stub_env(dirs: dict[str, Path], tmp_path: Path, fake: Path) -> dict[str, st
         "TOKENIZER_DIR": str(dirs["tokenizer"]),
         "MODEL_REPOSITORY": str(dirs["models"]),
         "MUFLEET_BIN": str(fake),
-        "TRITONSERVER": "/opt/tritonserver/bin/tritonserver",
+        "TRITONSERVER": TRITON,
         "MUFLEET_DRY_RUN": "1",
         "TMPDIR": str(tmpdir),
+        "HOSTNAME": HOST,
     }
+
+
+def _set_args(argv: list[str]) -> dict[str, str]:
+    """The ``--set FIELD=VALUE`` pairs of a render command line, in order."""
+    pairs: dict[str, str] = {}
+    for flag, value in itertools.pairwise(argv):
+        if flag == "--set":
+            field, sep, setting = value.partition("=")
+            assert sep, value
+            assert field not in pairs, f"{field} set twice"
+            pairs[field] = setting
+    return pairs
+
+
+def _split_ranks(argv: list[str]) -> list[list[str]]:
+    """``mpirun --allow-run-as-root -n 1 A... : -n 1 B...`` -> [[A...], [B...]]."""
+    assert argv[:2] == ["mpirun", "--allow-run-as-root"], argv
+    contexts: list[list[str]] = [[]]
+    for token in argv[2:]:
+        if token == ":":
+            contexts.append([])
+        else:
+            contexts[-1].append(token)
+    ranks = []
+    for context in contexts:
+        assert context[:2] == ["-n", "1"], context
+        ranks.append(context[2:])
+    return ranks
+
+
+def _flag(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+def _prefixes(argv: list[str]) -> list[str]:
+    key = "--backend-config=python,shm-region-prefix-name="
+    return [a.removeprefix(key) for a in argv if a.startswith(key)]
 
 
 def test_dry_run_with_stub_cli(dirs: dict[str, Path], tmp_path: Path) -> None:
     fake, argv_log = _fake_mufleet(tmp_path)
     env = _stub_env(dirs, tmp_path, fake) | {"MAX_BATCH_SIZE": "4", "GRPC_PORT": "9001"}
-    result = _run_entrypoint(env, "--log-verbose=1", "--exit-on-error=true")
+    result = _run_entrypoint(env, "--log-verbose=1", "--model-load-thread-count=2")
     assert result.returncode == 0, result.stderr
 
     argv = json.loads(argv_log.read_text())
@@ -340,19 +515,407 @@ def test_dry_run_with_stub_cli(dirs: dict[str, Path], tmp_path: Path) -> None:
     assert (dirs["models"] / "tensorrt_llm" / "config.pbtxt").is_file()
     assert (dirs["models"] / ".mufleet-rendered").is_file()
 
+    # World size 1: one tritonserver, exec'd directly.
     assert shlex.split(result.stdout) == [
-        "/opt/tritonserver/bin/tritonserver",
+        TRITON,
         "--model-repository",
         str(dirs["models"]),
+        *BASE_FLAGS,
+        "--load-model=*",
         "--http-port",
         "8000",
         "--grpc-port",
         "9001",
         "--metrics-port",
         "8002",
+        f"--backend-config=python,shm-region-prefix-name=mufleet_{HOST}_rank0_",
         "--log-verbose=1",
-        "--exit-on-error=true",
+        "--model-load-thread-count=2",
     ]
+
+
+def test_server_flags_match_local_nodes(dirs: dict[str, Path], tmp_path: Path) -> None:
+    """Model control, readiness and error handling are those of ``mufleet up`` nodes."""
+    from mufleet.node import TritonNode
+    from mufleet.triton_dist import TritonDistribution
+
+    triton = TritonDistribution(
+        binary=Path("tritonserver"),
+        backend_dir=tmp_path / "backends",
+        library_dirs=(),
+        python_bin_dir=tmp_path,
+    )
+    node = TritonNode("node0", tmp_path / "repo", triton, fault_file=tmp_path / "faults.json")
+    policy = (
+        "--model-control-mode",
+        "--load-model",
+        "--strict-readiness",
+        "--exit-on-error",
+        "--disable-auto-complete-config",
+    )
+    node_flags = {a for a in node.command() if a.startswith(policy)}
+    assert "--model-control-mode=explicit" in node_flags
+
+    fake, _ = _fake_mufleet(tmp_path)
+    result = _run_entrypoint(_stub_env(dirs, tmp_path, fake))
+    assert result.returncode == 0, result.stderr
+    container_flags = set(shlex.split(result.stdout))
+    assert node_flags <= container_flags, sorted(node_flags - container_flags)
+    assert set(BASE_FLAGS) <= container_flags
+
+
+def test_knobs_become_set_arguments(dirs: dict[str, Path], tmp_path: Path) -> None:
+    fake, argv_log = _fake_mufleet(tmp_path)
+    knobs = {
+        "DECOUPLED_MODE": "False",  # any case, passed on in lower case
+        "MAX_QUEUE_SIZE": "64",
+        "MAX_QUEUE_DELAY_US": "0",
+        "PRIORITY_LEVELS": "4",
+        "DEFAULT_PRIORITY_LEVEL": "3",
+        "BLS_INSTANCE_COUNT": "2",
+        "PREPROCESSING_INSTANCE_COUNT": "3",
+        "POSTPROCESSING_INSTANCE_COUNT": "4",
+        "TENSORRT_LLM_INSTANCE_COUNT": "1",
+        "ACCUMULATE_TOKENS": "true",
+        "BATCHING_STRATEGY": "V1",
+        "KV_CACHE_FREE_GPU_MEM_FRACTION": "0.85",
+        "ENABLE_KV_CACHE_REUSE": "false",
+        "ENABLE_CHUNKED_CONTEXT": "TRUE",
+        "MAX_TOKENS_IN_PAGED_KV_CACHE": "0080",  # leading zeros dropped
+        "MAX_ATTENTION_WINDOW_SIZE": "0",
+        "EXCLUDE_INPUT_IN_OUTPUT": "true",
+        "GPU_DEVICE_IDS": "0,1;2,3",
+        "PARTICIPANT_IDS": "1,2",
+    }
+    assert knobs.keys() == KNOBS.keys()
+    env = _stub_env(dirs, tmp_path, fake) | knobs | {"MAX_BATCH_SIZE": "16"}
+    result = _run_entrypoint(env)
+    assert result.returncode == 0, result.stderr
+
+    argv = json.loads(argv_log.read_text())
+    assert _flag(argv, "--max-batch-size") == "16"
+    assert _set_args(argv) == {
+        "decoupled_mode": "false",
+        "max_queue_size": "64",
+        "max_queue_delay_us": "0",
+        "priority_levels": "4",
+        "default_priority_level": "3",
+        "bls_instance_count": "2",
+        "preprocessing_instance_count": "3",
+        "postprocessing_instance_count": "4",
+        "tensorrt_llm_instance_count": "1",
+        "accumulate_tokens": "true",
+        "batching_strategy": "V1",
+        "kv_cache_free_gpu_mem_fraction": "0.85",
+        "enable_kv_cache_reuse": "false",
+        "enable_chunked_context": "true",
+        "max_tokens_in_paged_kv_cache": "80",
+        "max_attention_window_size": "0",
+        "exclude_input_in_output": "true",
+        "gpu_device_ids": "0,1;2,3",
+        "participant_ids": "1,2",
+    }
+    # Each FIELD=VALUE is one argument after its own --set.
+    sets = [i for i, a in enumerate(argv) if a == "--set"]
+    assert len(sets) == len(KNOBS)
+    assert all("=" in argv[i + 1] for i in sets)
+
+
+@pytest.mark.parametrize("name", sorted(KNOBS))
+def test_each_knob_alone(dirs: dict[str, Path], tmp_path: Path, name: str) -> None:
+    value = {
+        "bool": "true",
+        "uint": "7",
+        "count": "1",
+        "fraction": "1",
+        "ids": "0",
+        "batching": "inflight_fused_batching",
+    }[KNOBS[name]]
+    fake, argv_log = _fake_mufleet(tmp_path)
+    result = _run_entrypoint(_stub_env(dirs, tmp_path, fake) | {name: value})
+    assert result.returncode == 0, result.stderr
+    assert _set_args(json.loads(argv_log.read_text())) == {name.lower(): value}
+
+
+def test_unset_and_empty_knobs_pass_nothing(dirs: dict[str, Path], tmp_path: Path) -> None:
+    fake, argv_log = _fake_mufleet(tmp_path)
+    env = _stub_env(dirs, tmp_path, fake) | {"DECOUPLED_MODE": "", "GPU_DEVICE_IDS": ""}
+    result = _run_entrypoint(env)
+    assert result.returncode == 0, result.stderr
+    argv = json.loads(argv_log.read_text())
+    assert "--set" not in argv
+    assert "--max-batch-size" not in argv
+
+
+BAD_VALUES = {
+    "bool": ["yes", "1", "truee"],
+    "uint": ["-1", "1.5", "ten", "99999999999"],
+    "count": ["0", "-2", "two"],
+    "fraction": ["0", "0.0", "1.5", "-0.5", "abc", "1e-1"],
+    "ids": ["0,", ";1", "a,b", "0 1"],
+    "batching": ["inflight", "v2"],
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [(name, bad) for name, kind in sorted(KNOBS.items()) for bad in BAD_VALUES[kind][:2]]
+    + [("KV_CACHE_FREE_GPU_MEM_FRACTION", bad) for bad in BAD_VALUES["fraction"][2:]]
+    + [("MAX_QUEUE_SIZE", bad) for bad in BAD_VALUES["uint"][2:]]
+    + [("DECOUPLED_MODE", "truee"), ("GPU_DEVICE_IDS", "0 1")],
+)
+def test_bad_knob_exits_2_before_render(
+    dirs: dict[str, Path], tmp_path: Path, name: str, value: str
+) -> None:
+    env = _stub_env(dirs, tmp_path, tmp_path / "mufleet-must-not-run") | {name: value}
+    result = _run_entrypoint(env)
+    assert result.returncode == 2, result.stderr
+    assert f"{name}='{value}' must be" in result.stderr
+    assert result.stdout == ""
+    assert not dirs["models"].exists(), "validation must happen before anything is written"
+
+
+def test_default_priority_above_levels_exits_2(dirs: dict[str, Path], tmp_path: Path) -> None:
+    env = _stub_env(dirs, tmp_path, tmp_path / "mufleet-must-not-run") | {
+        "PRIORITY_LEVELS": "2",
+        "DEFAULT_PRIORITY_LEVEL": "3",
+    }
+    result = _run_entrypoint(env)
+    assert result.returncode == 2
+    assert "DEFAULT_PRIORITY_LEVEL='3' is above PRIORITY_LEVELS='2'" in result.stderr
+
+
+def test_tp2_engine_runs_two_mpi_ranks(dirs: dict[str, Path], tmp_path: Path) -> None:
+    _engine_config(dirs, world_size=2, tp_size=2, pp_size=1, cp_size=1, gpus_per_node=8)
+    fake, _ = _fake_mufleet(tmp_path)
+    env = _stub_env(dirs, tmp_path, fake) | {"MPIRUN": "mpirun", "HTTP_PORT": "9000"}
+    result = _run_entrypoint(env, "--log-verbose=1")
+    assert result.returncode == 0, result.stderr
+    assert "world size 2, launch mode 'mpi'" in result.stderr
+
+    leader, worker = _split_ranks(shlex.split(result.stdout))
+    for rank in (leader, worker):
+        assert rank[0] == TRITON
+        assert _flag(rank, "--model-repository") == str(dirs["models"])
+        assert set(BASE_FLAGS) <= set(rank)
+        assert len(_prefixes(rank)) == 1
+
+    # Rank 0 loads every model and serves the endpoints; container args go to it.
+    assert "--load-model=*" in leader
+    assert (_flag(leader, "--http-port"), _flag(leader, "--grpc-port")) == ("9000", "8001")
+    assert _flag(leader, "--metrics-port") == "8002"
+    assert leader[-1] == "--log-verbose=1"
+
+    # Rank 1 only holds its share of the engine.
+    assert [a for a in worker if a.startswith("--load-model")] == ["--load-model=tensorrt_llm"]
+    assert {"--allow-http=false", "--allow-grpc=false", "--allow-metrics=false"} <= set(worker)
+    assert not any(a.endswith("-port") or a.startswith("--log") for a in worker), worker
+
+    prefixes = _prefixes(leader) + _prefixes(worker)
+    assert prefixes == [f"mufleet_{HOST}_rank0_", f"mufleet_{HOST}_rank1_"]
+    assert "TRTLLM_ORCHESTRATOR" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("config", "world"),
+    [
+        ({"pretrained_config": {"mapping": {"tp_size": 2, "pp_size": 2}}}, 4),
+        ({"pretrained_config": {"mapping": {"world_size": 3, "tp_size": 3}}}, 3),
+        ({"builder_config": {"tensor_parallel": 2, "pipeline_parallel": 1}}, 2),
+    ],
+)
+def test_world_size_from_engine_config(
+    dirs: dict[str, Path], tmp_path: Path, config: dict[str, object], world: int
+) -> None:
+    (dirs["engines"] / "config.json").write_text(json.dumps(config))
+    fake, _ = _fake_mufleet(tmp_path)
+    result = _run_entrypoint(_stub_env(dirs, tmp_path, fake))
+    assert result.returncode == 0, result.stderr
+    ranks = _split_ranks(shlex.split(result.stdout))
+    assert len(ranks) == world
+    assert len({p for rank in ranks for p in _prefixes(rank)}) == world
+    assert sum("--http-port" in rank for rank in ranks) == 1
+
+
+def test_forced_mpi_mode_with_one_rank(dirs: dict[str, Path], tmp_path: Path) -> None:
+    fake, _ = _fake_mufleet(tmp_path)
+    env = _stub_env(dirs, tmp_path, fake) | {"MUFLEET_TRTLLM_MODE": "mpi"}
+    result = _run_entrypoint(env)
+    assert result.returncode == 0, result.stderr
+    (leader,) = _split_ranks(shlex.split(result.stdout))
+    assert "--load-model=*" in leader
+
+
+def test_other_profiles_run_one_server(dirs: dict[str, Path], tmp_path: Path) -> None:
+    _engine_config(dirs, world_size=2, tp_size=2)  # not read: no engine for cpu
+    fake, argv_log = _fake_mufleet(tmp_path)
+    env = _stub_env(dirs, tmp_path, fake) | {
+        "MUFLEET_PROFILE": "cpu",
+        "TRTLLM_ORCHESTRATOR": "1",
+        "MAX_QUEUE_SIZE": "8",
+    }
+    result = _run_entrypoint(env)
+    assert result.returncode == 0, result.stderr
+    argv = shlex.split(result.stdout)
+    assert argv[0] == TRITON
+    assert "--load-model=*" in argv
+    render = json.loads(argv_log.read_text())
+    assert "--engine-dir" not in render
+    assert _set_args(render) == {"max_queue_size": "8"}
+
+
+def test_orchestrator_mode(dirs: dict[str, Path], tmp_path: Path) -> None:
+    _engine_config(dirs, world_size=2, tp_size=2, pp_size=1)
+    fake, _ = _fake_mufleet(tmp_path)
+    env = _stub_env(dirs, tmp_path, fake) | {
+        "MUFLEET_TRTLLM_MODE": "orchestrator",
+        "CUDA_VISIBLE_DEVICES": "0,1",
+    }
+    result = _run_entrypoint(env, "--log-verbose=1")
+    assert result.returncode == 0, result.stderr
+    argv = shlex.split(result.stdout)
+    assert argv[:3] == ["env", "TRTLLM_ORCHESTRATOR=1", "TRTLLM_ORCHESTRATOR_SPAWN_PROCESSES=1"]
+    (server,) = _split_ranks(argv[3:])  # one tritonserver; the backend spawns the workers
+    assert server[0] == TRITON
+    assert set(BASE_FLAGS) <= set(server)
+    assert "--load-model=*" in server
+    assert _flag(server, "--http-port") == "8000"
+    assert _prefixes(server) == [f"mufleet_{HOST}_rank0_"]
+    for flag in (
+        "--pinned-memory-pool-byte-size=0",
+        "--enable-peer-access=false",
+        "--cuda-memory-pool-byte-size=0:0",
+        "--cuda-memory-pool-byte-size=1:0",
+    ):
+        assert flag in server
+    assert not any(a.startswith("--cuda-memory-pool-byte-size=2:") for a in server)
+    assert server[-1] == "--log-verbose=1"
+
+
+def test_orchestrator_counts_gpus_with_nvidia_smi(dirs: dict[str, Path], tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text(
+        "#!/bin/sh\n"
+        '[ "$1" = --list-gpus ] || exit 9\n'
+        'for i in 0 1 2; do echo "GPU $i: NVIDIA H200 (UUID: GPU-$i)"; done\n'
+    )
+    smi.chmod(0o755)
+    fake, _ = _fake_mufleet(tmp_path)
+    env = _stub_env(dirs, tmp_path, fake) | {
+        "TRTLLM_ORCHESTRATOR": "1",  # auto honours an orchestrator env
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+    }
+    result = _run_entrypoint(env)
+    assert result.returncode == 0, result.stderr
+    argv = shlex.split(result.stdout)
+    pools = sorted(a for a in argv if a.startswith("--cuda-memory-pool-byte-size="))
+    assert pools == [f"--cuda-memory-pool-byte-size={i}:0" for i in range(3)]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"MUFLEET_TRTLLM_MODE": "leader"}, "MUFLEET_TRTLLM_MODE='leader' must be"),
+        ({"MUFLEET_TRTLLM_MODE": "single"}, "world size 2"),
+        ({"MUFLEET_TRTLLM_MODE": "mpi", "TRTLLM_ORCHESTRATOR": "1"}, "TRTLLM_ORCHESTRATOR='1'"),
+        ({"MUFLEET_TRTLLM_MODE": "orchestrator", "MUFLEET_PROFILE": "cpu"}, "needs"),
+    ],
+)
+def test_bad_launch_mode_exits_2(
+    dirs: dict[str, Path], tmp_path: Path, env: dict[str, str], message: str
+) -> None:
+    _engine_config(dirs, world_size=2, tp_size=2)
+    base = _stub_env(dirs, tmp_path, tmp_path / "mufleet-must-not-run")
+    result = _run_entrypoint(base | env)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert not dirs["models"].exists()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not json",
+        "[1, 2]",
+        json.dumps({"pretrained_config": {"mapping": {"tp_size": "two"}}}),
+        json.dumps({"pretrained_config": {"mapping": {"world_size": 0}}}),
+    ],
+)
+def test_unreadable_engine_config_exits_2(dirs: dict[str, Path], tmp_path: Path, text: str) -> None:
+    (dirs["engines"] / "config.json").write_text(text)
+    env = _stub_env(dirs, tmp_path, tmp_path / "mufleet-must-not-run")
+    result = _run_entrypoint(env)
+    assert result.returncode == 2, result.stderr
+    assert "world size" in result.stderr
+    assert not dirs["models"].exists()
+
+
+def _recorder(path: Path, log: Path) -> Path:
+    """An executable that records its argv and TRTLLM_* environment, then exits 0."""
+    path.write_text(
+        f"#!{sys.executable}\n"
+        "import json, os, pathlib, sys\n"
+        "env = {k: v for k, v in os.environ.items() if k.startswith('TRTLLM_')}\n"
+        f"pathlib.Path({str(log)!r}).write_text(json.dumps({{'argv': sys.argv, 'env': env}}))\n"
+    )
+    path.chmod(0o755)
+    return path
+
+
+@pytest.mark.parametrize("mode", ["single", "mpi", "orchestrator"])
+def test_execs_the_server(dirs: dict[str, Path], tmp_path: Path, mode: str) -> None:
+    """Without dry run the entrypoint execs the command it would print."""
+    if mode != "single":
+        _engine_config(dirs, world_size=2, tp_size=2)
+    fake, _ = _fake_mufleet(tmp_path)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    seen = tmp_path / "exec.json"
+    _recorder(bin_dir / "tritonserver", seen)
+    _recorder(bin_dir / "mpirun", seen)
+    env = _stub_env(dirs, tmp_path, fake) | {
+        "TRITONSERVER": "tritonserver",
+        "MUFLEET_TRTLLM_MODE": mode,
+        "CUDA_VISIBLE_DEVICES": "0,1",
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+    }
+    dry = _run_entrypoint(env)
+    assert dry.returncode == 0, dry.stderr
+    printed = shlex.split(dry.stdout)
+
+    env.pop("MUFLEET_DRY_RUN")
+    result = _run_entrypoint(env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    record = json.loads(seen.read_text())
+    argv = [Path(record["argv"][0]).name, *record["argv"][1:]]
+    if mode == "orchestrator":
+        assert record["env"]["TRTLLM_ORCHESTRATOR"] == "1"
+        assert record["env"]["TRTLLM_ORCHESTRATOR_SPAWN_PROCESSES"] == "1"
+        printed = printed[3:]  # env VAR=... VAR=...
+    else:
+        assert "TRTLLM_ORCHESTRATOR" not in record["env"]
+    assert argv == printed
+    assert argv[0] == ("tritonserver" if mode == "single" else "mpirun")
+
+
+def test_missing_mpirun_exits_127(dirs: dict[str, Path], tmp_path: Path) -> None:
+    _engine_config(dirs, world_size=2, tp_size=2)
+    fake, _ = _fake_mufleet(tmp_path)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _recorder(bin_dir / "tritonserver", tmp_path / "exec.json")
+    env = _stub_env(dirs, tmp_path, fake) | {
+        "TRITONSERVER": str(bin_dir / "tritonserver"),
+        "MPIRUN": str(tmp_path / "no-such-mpirun"),
+    }
+    env.pop("MUFLEET_DRY_RUN")
+    result = _run_entrypoint(env)
+    assert result.returncode == 127
+    assert "mpirun" in result.stderr
+    assert not (tmp_path / "exec.json").exists()
 
 
 def test_rerender_replaces_previous_render(dirs: dict[str, Path], tmp_path: Path) -> None:
@@ -398,10 +961,9 @@ def test_dry_run_propagates_render_failure(dirs: dict[str, Path], tmp_path: Path
     assert list(Path(env["TMPDIR"]).iterdir()) == [], "staging dir left behind"
 
 
-@pytest.mark.skipif(MUFLEET is None, reason="mufleet CLI not installed yet")
-def test_dry_run_with_real_cli(dirs: dict[str, Path], tmp_path: Path) -> None:
+def _real_cli_env(dirs: dict[str, Path], tmp_path: Path) -> dict[str, str]:
     assert MUFLEET is not None
-    env = {
+    return {
         "TMPDIR": str(tmp_path),
         "ENGINE_DIR": str(dirs["engines"]),
         "TOKENIZER_DIR": str(dirs["tokenizer"]),
@@ -411,7 +973,11 @@ def test_dry_run_with_real_cli(dirs: dict[str, Path], tmp_path: Path) -> None:
         "TRITONSERVER": "tritonserver",
         "MUFLEET_DRY_RUN": "1",
     }
-    result = _run_entrypoint(env, "--log-verbose=1")
+
+
+@pytest.mark.skipif(MUFLEET is None, reason="mufleet CLI not installed yet")
+def test_dry_run_with_real_cli(dirs: dict[str, Path], tmp_path: Path) -> None:
+    result = _run_entrypoint(_real_cli_env(dirs, tmp_path), "--log-verbose=1")
     assert result.returncode == 0, result.stderr
     argv = shlex.split(result.stdout)
     assert argv[0] == "tritonserver"
@@ -425,6 +991,33 @@ def test_dry_run_with_real_cli(dirs: dict[str, Path], tmp_path: Path) -> None:
     assert config.max_batch_size == 8
     assert config.parameters["gpt_model_path"].string_value == str(dirs["engines"])
     assert "${" not in rendered.read_text()
+
+
+def _render_accepts_set() -> bool:
+    if MUFLEET is None:
+        return False
+    help_text = subprocess.run(
+        [MUFLEET, "render", "--help"], capture_output=True, text=True, check=False
+    ).stdout
+    return "--set" in help_text
+
+
+@pytest.mark.skipif(not _render_accepts_set(), reason="mufleet render has no --set")
+def test_knobs_reach_the_rendered_config_with_real_cli(
+    dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    env = _real_cli_env(dirs, tmp_path) | {
+        "KV_CACHE_FREE_GPU_MEM_FRACTION": "0.5",
+        "ENABLE_KV_CACHE_REUSE": "false",
+        "MAX_QUEUE_DELAY_US": "250",
+    }
+    result = _run_entrypoint(env)
+    assert result.returncode == 0, result.stderr
+    config = _parse_model_config((dirs["models"] / "tensorrt_llm" / "config.pbtxt").read_text())
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    assert params["kv_cache_free_gpu_mem_fraction"] == "0.5"
+    assert params["enable_kv_cache_reuse"] == "false"
+    assert config.dynamic_batching.max_queue_delay_microseconds == 250
 
 
 # --------------------------------------------------------------------------- trtllm config

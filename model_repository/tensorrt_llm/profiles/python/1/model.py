@@ -1,25 +1,33 @@
 """tensorrt_llm (cpu and sim profiles): the TensorRT-LLM contract over a Python engine."""
 
 import json
+import logging
+import os
+import threading
+from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
 from python_backends.engines import build_engine
 from python_backends.generation import (
-    OPTIONAL_INPUTS,
-    REQUIRED_INPUTS,
+    PRIORITY_PARAMETER,
+    TRTLLM_INPUTS,
     InvalidGenerationError,
-    parse_generation,
+    parse_request,
 )
-from python_backends.triton_responses import token_event_tensors
+from python_backends.token_bytes import TokenBytes, Utf8Holdback
+from python_backends.triton_responses import ResponseAssembler
 from python_backends.trtllm_metrics import TrtLlmMetrics
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+ENGINE_DEAD_EXIT_CODE = 87
+ADMISSION_WAIT_S = 5.0
+"""Longest an ``execute`` call waits for engine slots; past it requests queue in the engine."""
 
 
 def _inputs(request):
     found = {}
-    for name in (*REQUIRED_INPUTS, *OPTIONAL_INPUTS):
+    for name in TRTLLM_INPUTS:
         tensor = pb_utils.get_input_tensor_by_name(request, name)
         if tensor is not None:
             found[name] = tensor.as_numpy()
@@ -27,60 +35,92 @@ def _inputs(request):
 
 
 def _priority(request):
-    level = json.loads(request.parameters() or "{}").get("priority")
+    level = json.loads(request.parameters() or "{}").get(PRIORITY_PARAMETER)
     return level if isinstance(level, int) else None
 
 
+def _error(message, code=pb_utils.TritonError.INTERNAL):
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
+
+
 def _sender(response_sender):
-    def emit(event):
-        if event.error is not None:
+    def send(tensors, error, final):
+        if error is not None:
             code = (
                 pb_utils.TritonError.CANCELLED
-                if event.error == "cancelled"
+                if error == "cancelled"
                 else pb_utils.TritonError.INTERNAL
             )
-            error = pb_utils.TritonError(event.error, code)
-            response_sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL)
-            return
-        if not event.token_ids and event.finished:
+            response_sender.send(_error(error, code), flags=FINAL)
+        elif tensors is None:
             response_sender.send(flags=FINAL)
-            return
-        tensors = [pb_utils.Tensor(k, v) for k, v in token_event_tensors(event).items()]
-        response_sender.send(
-            pb_utils.InferenceResponse(output_tensors=tensors),
-            flags=FINAL if event.finished else 0,
-        )
+        else:
+            outputs = [pb_utils.Tensor(name, value) for name, value in tensors.items()]
+            response = pb_utils.InferenceResponse(output_tensors=outputs)
+            response_sender.send(response, flags=FINAL if final else 0)
 
-    return emit
+    return send
+
+
+def _exit_stub(reason):
+    """A dead engine takes its stub down, so Triton and the router see it and restart it."""
+    logging.getLogger(__name__).critical("exiting the stub: %s", reason)
+    # Let the error responses already sent leave the stub before it goes.
+    threading.Timer(0.5, os._exit, args=(ENGINE_DEAD_EXIT_CODE,)).start()
 
 
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config["parameters"].items()}
+        self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
+        self.exclude_input = params.get("exclude_input_in_output", "true") == "true"
         self.engine = build_engine(params["engine"], params, int(config["max_batch_size"]))
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(Path(params["tokenizer_dir"])))
+        self.token_bytes = TokenBytes.from_tokenizer(tokenizer)
         self.metrics = TrtLlmMetrics(pb_utils, args["model_name"], args["model_version"])
         self.engine.on_step = self.metrics.update
+        self.engine.on_fatal = _exit_stub
         self.engine.start()
+
+    def _holdback(self):
+        return Utf8Holdback(self.token_bytes)
 
     def execute(self, requests):
         for request in requests:
             sender = request.get_response_sender()
             try:
-                spec = parse_generation(
+                parsed = parse_request(
                     _inputs(request),
+                    self.engine.name,
                     self.engine.vocab_size,
                     self.engine.max_context,
                     _priority(request),
+                    self.exclude_input,
                 )
+                if parsed.options.streaming and not self.decoupled:
+                    raise InvalidGenerationError(
+                        "streaming needs a decoupled model: render the repository with "
+                        "--decoupled true, or send streaming=false"
+                    )
             except InvalidGenerationError as exc:
-                error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
-                sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL)
+                sender.send(_error(str(exc), pb_utils.TritonError.INVALID_ARG), flags=FINAL)
                 continue
-            self.engine.submit(spec, _sender(sender), sender.is_cancelled)
+            assembler = ResponseAssembler(
+                parsed, _sender(sender), self.decoupled, self._holdback
+            )
+
+            def cancelled(sender=sender, assembler=assembler):
+                return assembler.failed or sender.is_cancelled()
+
+            for index, spec in enumerate(parsed.specs):
+                self.engine.submit(spec, assembler.emitter(index), cancelled)
         # Hold this batch until the engine has a slot for all of it: later requests
-        # then wait in Triton's priority queue, where higher priorities overtake.
-        self.engine.wait_admitted()
+        # then wait in Triton's priority queue, where higher priorities overtake. The
+        # wait is bounded, so a wedged engine never holds Triton's execute thread.
+        self.engine.wait_admitted(timeout=ADMISSION_WAIT_S)
         return None
 
     def finalize(self):

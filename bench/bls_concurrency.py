@@ -1,0 +1,475 @@
+"""Concurrent unary requests through ``tensorrt_llm_bls``: served together, or a batch at a time?
+
+    python bench/bls_concurrency.py                      # --concurrency 1,4,16 --max-tokens 32
+    python bench/bls_concurrency.py --requests-per-level 32 --out /tmp/bls
+
+Unary ``infer`` calls (HTTP or gRPC) cannot go to the decoupled ``ensemble``; they go to
+``tensorrt_llm_bls``, a non-decoupled Python model that runs the ensemble through BLS and
+folds its responses into one. That model has one instance and Triton's dynamic batcher in
+front of it, so the question this benchmark answers is whether N clients that each send
+one unary request at a time are served concurrently (the cpu engine batches all N, and
+throughput rises with N as it does for the streaming ensemble) or one Triton batch at a
+time (requests that arrive while a batch runs wait until the whole batch finishes, so
+throughput stays near the single-request rate and latency grows with N).
+
+The benchmark renders the cpu-profile repository for the seeded tiny Llama, starts one
+real ``tritonserver`` on ephemeral loopback ports, warms up, and then runs each
+concurrency level as that many closed-loop client threads sending unary gRPC ``infer``
+requests with distinct prompts and ``min_tokens = max_tokens``, so every request produces
+exactly ``max_tokens`` tokens. Per level it reports requests/s, output tokens/s, p50/p99
+latency and, from the node's metrics, how many requests each ``tensorrt_llm_bls``
+execution carried and the peak number of requests the engine had active at once (polled
+every ``--sample-interval`` seconds, so a lower bound). The load average is recorded before
+and after each level, because the host may be shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from ensemble_overhead import prompts
+
+import mufleet
+import python_backends
+from mufleet import paths
+from mufleet.node import NodePorts, TritonNode
+from mufleet.repository import RenderParams, render_cached
+from mufleet.tiny_model import default_model_dir
+from mufleet.triton_dist import locate
+
+MODEL = "tensorrt_llm_bls"
+ENGINE = "tensorrt_llm"
+RESULTS = Path(__file__).parent / "results"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+_SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)\{([^}]*)\}\s+(\S+)\s*$")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+@dataclass(frozen=True)
+class RequestResult:
+    """One unary request; times in seconds from the start of its level."""
+
+    index: int
+    sent_s: float
+    done_s: float
+    tokens: int
+    token_source: str
+    error: str | None = None
+
+    @property
+    def latency_s(self) -> float:
+        return self.done_s - self.sent_s
+
+
+@dataclass(frozen=True)
+class LevelResult:
+    """What one concurrency level measured."""
+
+    concurrency: int
+    requests: int
+    errors: int
+    wall_s: float
+    requests_per_s: float
+    tokens: int
+    tokens_per_s: float
+    token_source: str
+    short_requests: int
+    p50_ms: float
+    p99_ms: float
+    mean_ms: float
+    max_ms: float
+    loadavg_before: tuple[float, float, float]
+    loadavg_after: tuple[float, float, float]
+    bls_executions: float | None
+    bls_requests: float | None
+    bls_requests_per_execution: float | None
+    engine_executions: float | None
+    engine_requests: float | None
+    engine_active_peak: float | None
+    first_error: str | None
+    per_request: list[dict[str, Any]]
+
+
+def _tensor(name: str, array: np.ndarray, dtype: str) -> grpcclient.InferInput:
+    tensor = grpcclient.InferInput(name, list(array.shape), dtype)
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+def bls_inputs(prompt: str, max_tokens: int) -> list[grpcclient.InferInput]:
+    """Inputs of ``tensorrt_llm_bls`` for exactly ``max_tokens`` output tokens."""
+    return [
+        _tensor("text_input", np.array([[prompt]], dtype=object), "BYTES"),
+        _tensor("max_tokens", np.array([[max_tokens]], dtype=np.int32), "INT32"),
+        _tensor("min_tokens", np.array([[max_tokens]], dtype=np.int32), "INT32"),
+    ]
+
+
+def count_tokens(result: grpcclient.InferResult, max_tokens: int) -> tuple[int, str]:
+    """Output tokens of one response and where the count came from.
+
+    ``sequence_length`` (prompt excluded) first, then the size of ``output_ids``, else the
+    requested ``max_tokens``.
+    """
+    lengths = result.as_numpy("sequence_length")
+    if lengths is not None and lengths.size:
+        return int(np.asarray(lengths).reshape(-1)[0]), "sequence_length"
+    ids = result.as_numpy("output_ids")
+    if ids is not None:
+        return int(ids.size), "output_ids"
+    return max_tokens, "assumed"
+
+
+def scrape(metrics_url: str, timeout: float = 2.0) -> dict[tuple[str, str, str], float]:
+    """Triton counters and engine gauges, keyed by (metric, model, request_type)."""
+    wanted = ("nv_inference_exec_count", "nv_inference_count", "nv_trt_llm_request_metrics")
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=timeout) as response:
+            text = response.read().decode()
+    except (urllib.error.URLError, OSError):
+        return {}
+    out: dict[tuple[str, str, str], float] = {}
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if match is None or match.group(1) not in wanted:
+            continue
+        labels = dict(_LABEL.findall(match.group(2)))
+        key = (match.group(1), labels.get("model", ""), labels.get("request_type", ""))
+        out[key] = out.get(key, 0.0) + float(match.group(3))
+    return out
+
+
+class PeakSampler:
+    """Polls the metrics endpoint in a thread for the engine's peak active requests."""
+
+    def __init__(self, metrics_url: str, interval_s: float) -> None:
+        self.metrics_url = metrics_url
+        self.interval_s = interval_s
+        self.peak: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        key = ("nv_trt_llm_request_metrics", ENGINE, "active")
+        while not self._stop.is_set():
+            value = scrape(self.metrics_url).get(key)
+            if value is not None:
+                self.peak = value if self.peak is None else max(self.peak, value)
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> PeakSampler:
+        if self.interval_s > 0:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+
+def run_level(
+    url: str,
+    concurrency: int,
+    indices: Sequence[int],
+    make_inputs: Callable[[int], list[grpcclient.InferInput]],
+    max_tokens: int,
+    timeout_s: float = 300.0,
+) -> tuple[list[RequestResult], float]:
+    """Send ``indices`` as unary requests from ``concurrency`` closed-loop threads."""
+    pending = list(reversed(indices))
+    lock = threading.Lock()
+    results: list[RequestResult] = []
+    clients = [grpcclient.InferenceServerClient(url) for _ in range(concurrency)]
+    start_gate = threading.Barrier(concurrency + 1)
+    t0 = 0.0
+
+    def worker(client: grpcclient.InferenceServerClient) -> None:
+        start_gate.wait()
+        while True:
+            with lock:
+                if not pending:
+                    return
+                index = pending.pop()
+            inputs = make_inputs(index)
+            sent = time.perf_counter()
+            try:
+                response = client.infer(MODEL, inputs, client_timeout=timeout_s)
+                tokens, source = count_tokens(response, max_tokens)
+                error = None
+            except Exception as exc:
+                tokens, source, error = 0, "error", str(exc)
+            done = time.perf_counter()
+            with lock:
+                results.append(RequestResult(index, sent - t0, done - t0, tokens, source, error))
+
+    threads = [threading.Thread(target=worker, args=(c,), daemon=True) for c in clients]
+    for thread in threads:
+        thread.start()
+    t0 = time.perf_counter()
+    start_gate.wait()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - t0
+    for client in clients:
+        client.close()
+    return sorted(results, key=lambda r: r.sent_s), wall
+
+
+def _ms(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(values, q)) * 1000 if values else float("nan")
+
+
+def _delta(
+    before: dict[tuple[str, str, str], float],
+    after: dict[tuple[str, str, str], float],
+    metric: str,
+    model: str,
+) -> float | None:
+    key = (metric, model, "")
+    if key not in before or key not in after:
+        return None
+    return after[key] - before[key]
+
+
+def summarize(
+    concurrency: int,
+    results: list[RequestResult],
+    wall_s: float,
+    max_tokens: int,
+    loadavg: tuple[tuple[float, float, float], tuple[float, float, float]],
+    metrics: tuple[dict[tuple[str, str, str], float], dict[tuple[str, str, str], float]],
+    engine_active_peak: float | None,
+) -> LevelResult:
+    """One level's figures from its requests, wall time, load and metrics deltas."""
+    ok = [r for r in results if r.error is None]
+    latencies = [r.latency_s for r in ok]
+    tokens = sum(r.tokens for r in ok)
+    sources = sorted({r.token_source for r in ok}) or ["none"]
+    before, after = metrics
+    bls_exec = _delta(before, after, "nv_inference_exec_count", MODEL)
+    bls_count = _delta(before, after, "nv_inference_count", MODEL)
+    errors = [r.error for r in results if r.error is not None]
+    return LevelResult(
+        concurrency=concurrency,
+        requests=len(results),
+        errors=len(errors),
+        wall_s=wall_s,
+        requests_per_s=len(ok) / wall_s,
+        tokens=tokens,
+        tokens_per_s=tokens / wall_s,
+        token_source=",".join(sources),
+        short_requests=sum(1 for r in ok if r.tokens != max_tokens),
+        p50_ms=_ms(latencies, 50),
+        p99_ms=_ms(latencies, 99),
+        mean_ms=float(np.mean(latencies)) * 1000 if latencies else float("nan"),
+        max_ms=max(latencies) * 1000 if latencies else float("nan"),
+        loadavg_before=loadavg[0],
+        loadavg_after=loadavg[1],
+        bls_executions=bls_exec,
+        bls_requests=bls_count,
+        bls_requests_per_execution=(bls_count / bls_exec) if bls_exec and bls_count else None,
+        engine_executions=_delta(before, after, "nv_inference_exec_count", ENGINE),
+        engine_requests=_delta(before, after, "nv_inference_count", ENGINE),
+        engine_active_peak=engine_active_peak,
+        first_error=errors[0] if errors else None,
+        per_request=[asdict(r) | {"latency_ms": r.latency_s * 1000} for r in results],
+    )
+
+
+def _fmt(value: float | None, spec: str = ".1f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _load(values: tuple[float, float, float]) -> str:
+    return "/".join(f"{v:.2f}" for v in values)
+
+
+def markdown(levels: list[LevelResult]) -> str:
+    """The results table, with throughput relative to the first level."""
+    base = levels[0].requests_per_s if levels else float("nan")
+    lines = [
+        "| concurrency | requests | errors | req/s | tokens/s | p50 (ms) | p99 (ms) "
+        "| req/s vs first | BLS requests / execution | engine peak active (sampled) "
+        "| load 1/5/15 before | load 1/5/15 after |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for r in levels:
+        lines.append(
+            f"| {r.concurrency} | {r.requests} | {r.errors} | {r.requests_per_s:.2f} | "
+            f"{r.tokens_per_s:.0f} | {r.p50_ms:.0f} | {r.p99_ms:.0f} | "
+            f"{r.requests_per_s / base:.2f}x | {_fmt(r.bls_requests_per_execution, '.2f')} | "
+            f"{_fmt(r.engine_active_peak, '.0f')} | {_load(r.loadavg_before)} | "
+            f"{_load(r.loadavg_after)} |"
+        )
+    return "\n".join(lines)
+
+
+def _loadavg() -> tuple[float, float, float]:
+    one, five, fifteen = os.getloadavg()
+    return (one, five, fifteen)
+
+
+def _git_head() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+def provenance(repository: Path) -> dict[str, Any]:
+    """Which code and templates this run used."""
+    return {
+        "git_head": _git_head(),
+        "repo_root": str(REPO_ROOT),
+        "mufleet_package": str(Path(mufleet.__file__).resolve().parent),
+        "python_backends_package": str(Path(python_backends.__file__).resolve().parent),
+        "templates": str(paths.model_repository_templates().resolve()),
+        "rendered_repository": str(repository),
+        "mufleet_home": str(paths.home()),
+        "python": sys.executable,
+        "pythonpath": os.environ.get("PYTHONPATH"),
+        "cpus": os.cpu_count(),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--concurrency", default="1,4,16", help="comma-separated levels")
+    parser.add_argument(
+        "--requests-per-level",
+        type=int,
+        default=None,
+        help="requests in every level (default: max(3 x concurrency, 8))",
+    )
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--prompt-words", type=int, default=48)
+    parser.add_argument("--timeout-s", type=float, default=300.0, help="per request")
+    parser.add_argument(
+        "--sample-interval", type=float, default=0.2, help="engine gauge polling, s (0: off)"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    if not levels or min(levels) < 1:
+        parser.error("--concurrency needs positive integers")
+
+    def count_for(level: int) -> int:
+        if args.requests_per_level is not None:
+            return int(args.requests_per_level)
+        return max(3 * level, 8)
+
+    warmup_concurrency, warmup_requests = 2, 4
+    total = warmup_requests + sum(count_for(level) for level in levels)
+    texts = prompts(total, args.prompt_words)
+    n = args.max_tokens
+
+    def make(i: int) -> list[grpcclient.InferInput]:
+        return bls_inputs(texts[i], n)
+
+    model_dir = default_model_dir()
+    params = RenderParams(tokenizer_dir=model_dir, max_batch_size=max(levels))
+    repository = render_cached(params)
+    where = provenance(repository)
+    print(
+        f"[bls] code {where['mufleet_package']}, {where['python_backends_package']}; "
+        f"templates {where['templates']}; repository {repository}",
+        file=sys.stderr,
+        flush=True,
+    )
+    node = TritonNode(
+        "bls-bench",
+        repository,
+        locate(),
+        NodePorts.ephemeral(),
+        log_path=args.out / "bls-node.log",
+    )
+    results: list[LevelResult] = []
+    node.start()
+    try:
+        node.wait_ready(timeout=240)
+        url = node.grpc_url
+        warm, _ = run_level(
+            url, warmup_concurrency, range(warmup_requests), make, n, args.timeout_s
+        )
+        warm_errors = [r.error for r in warm if r.error is not None]
+        if warm_errors:
+            print(f"[bls] warm-up errors: {warm_errors[0]}", file=sys.stderr, flush=True)
+        offset = warmup_requests
+        for level in levels:
+            count = count_for(level)
+            indices = range(offset, offset + count)
+            offset += count
+            load_before = _loadavg()
+            metrics_before = scrape(node.metrics_url)
+            with PeakSampler(node.metrics_url, args.sample_interval) as sampler:
+                timings, wall = run_level(url, level, indices, make, n, args.timeout_s)
+            metrics_after = scrape(node.metrics_url)
+            load_after = _loadavg()
+            result = summarize(
+                level,
+                timings,
+                wall,
+                n,
+                (load_before, load_after),
+                (metrics_before, metrics_after),
+                sampler.peak,
+            )
+            results.append(result)
+            print(
+                f"[bls] c={level:<3} {result.requests:>3} req  {result.requests_per_s:6.2f} req/s  "
+                f"{result.tokens_per_s:6.0f} tok/s  p50 {result.p50_ms:6.0f} ms  "
+                f"p99 {result.p99_ms:6.0f} ms  per-exec "
+                f"{_fmt(result.bls_requests_per_execution, '.2f')}  peak active "
+                f"{_fmt(result.engine_active_peak, '.0f')}  errors {result.errors}  "
+                f"load {_load(load_before)} -> {_load(load_after)}",
+                file=sys.stderr,
+                flush=True,
+            )
+    finally:
+        node.stop()
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "benchmark": "bls_concurrency",
+        "model": MODEL,
+        "protocol": "grpc unary infer",
+        "command": [sys.executable, *sys.argv],
+        "max_tokens": n,
+        "min_tokens": n,
+        "prompt_words": args.prompt_words,
+        "warmup": {"concurrency": warmup_concurrency, "requests": warmup_requests},
+        "provenance": where,
+        "levels": [asdict(r) for r in results],
+    }
+    out = args.out / "bls_concurrency.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(markdown(results))
+    print(f"\nwrote {out}", file=sys.stderr)
+    return 1 if any(r.errors for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Streaming token ids in chunks that never split a UTF-8 character.
+
+With byte-level BPE one character can span several tokens ("é" is two). A stream that
+sends each token on its own makes every per-chunk decode end in U+FFFD. The streaming
+side therefore holds tokens back until the bytes they stand for complete a character,
+and sends them together: concatenated chunk texts then equal the text of the whole
+sequence, which is what a client that prints chunks as they come expects.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from collections.abc import Sequence
+from typing import Any
+
+_BYTE_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
+MAX_HELD_TOKENS = 8
+"""A character is at most 4 bytes; past this many held tokens the bytes are not UTF-8."""
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """The printable stand-in character of each byte in byte-level BPE vocabularies.
+
+    Bytes that print as themselves keep their code point; the rest are moved to 256 and
+    up, in byte order (the scheme GPT-2 introduced and Llama 3 kept).
+    """
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    alphabet = {chr(b): b for b in printable}
+    shifted = 0
+    for b in range(256):
+        if b not in printable:
+            alphabet[chr(256 + shifted)] = b
+            shifted += 1
+    return alphabet
+
+
+def _is_byte_level(tokenizer: Any) -> bool:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    decoder = getattr(backend, "decoder", None)
+    return decoder is not None and "ByteLevel" in repr(decoder)
+
+
+class TokenBytes:
+    """The bytes each token id decodes to (empty for special and unknown ids)."""
+
+    def __init__(self, table: Sequence[bytes]) -> None:
+        self.table = tuple(table)
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Any) -> TokenBytes:
+        special = set(getattr(tokenizer, "all_special_ids", ()))
+        pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        alphabet = _byte_level_alphabet() if _is_byte_level(tokenizer) else None
+        table: list[bytes] = []
+        for token_id, piece in enumerate(pieces):
+            if token_id in special or piece is None:
+                table.append(b"")
+            elif alphabet is not None:
+                table.append(bytes(alphabet.get(c, 0x3F) for c in piece))
+            elif match := _BYTE_FALLBACK.match(piece):
+                table.append(bytes([int(match.group(1), 16)]))
+            else:  # SentencePiece: "▁" marks a space
+                table.append(piece.replace("\u2581", " ").encode("utf-8"))
+        return cls(table)
+
+    def of(self, token_id: int) -> bytes:
+        return self.table[token_id] if 0 <= token_id < len(self.table) else b""
+
+
+class Utf8Holdback:
+    """Per-stream buffer: :meth:`push` returns the ids that may be sent now."""
+
+    def __init__(self, token_bytes: TokenBytes) -> None:
+        self.token_bytes = token_bytes
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
+        self._held: list[int] = []
+
+    def push(self, token_ids: Sequence[int]) -> list[int]:
+        """Add ``token_ids``; the ids that end on a character boundary (maybe none)."""
+        self._held.extend(token_ids)
+        complete = True
+        for token_id in token_ids:
+            try:
+                self._decoder.decode(self.token_bytes.of(token_id))
+            except UnicodeDecodeError:
+                self._decoder.reset()  # not UTF-8 at all: nothing to wait for
+                complete = True
+                continue
+            complete = self._decoder.getstate()[0] == b""
+        if complete or len(self._held) >= MAX_HELD_TOKENS:
+            return self.flush()
+        return []
+
+    def flush(self) -> list[int]:
+        """Everything still held (the end of the stream)."""
+        held, self._held = self._held, []
+        self._decoder.reset()
+        return held
