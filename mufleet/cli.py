@@ -38,6 +38,21 @@ def _add_repository_args(parser: argparse.ArgumentParser) -> None:
         help="sim: run N times slower than the emulated GPU (for hosts too small to relay "
         "its token rate)",
     )
+    parser.add_argument(
+        "--decoupled",
+        choices=("true", "false"),
+        default="true",
+        help="decoupled_mode of tensorrt_llm and tensorrt_llm_bls: true streams; false "
+        "serves unary infer on ensemble, tensorrt_llm and tensorrt_llm_bls",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="any other render parameter (for example max_queue_size=64, "
+        "bls_instance_count=2, accumulate_tokens=true); repeatable",
+    )
 
 
 def _render_params(args: argparse.Namespace) -> RenderParams:
@@ -55,7 +70,7 @@ def _render_params(args: argparse.Namespace) -> RenderParams:
 
         hardware = resolve_profile(args.hardware_profile).resolve()
         max_context = HardwareProfile.load(hardware).max_context
-    return RenderParams(
+    values: dict[str, object] = dict(
         profile=args.profile,
         tokenizer_dir=Path(tokenizer_dir).resolve(),
         model_dir=Path(model_dir).resolve() if model_dir else None,
@@ -65,7 +80,20 @@ def _render_params(args: argparse.Namespace) -> RenderParams:
         hardware_profile=hardware,
         time_scale=args.time_scale,
         max_context=max_context,
+        decoupled_mode=args.decoupled == "true",
     )
+    for item in args.set:
+        field, sep, value = item.partition("=")
+        if not sep or field not in RenderParams.model_fields or field in values:
+            settable = sorted(set(RenderParams.model_fields) - set(values))
+            raise SystemExit(
+                f"--set {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(settable)}"
+            )
+        values[field] = value
+    try:
+        return RenderParams.model_validate(values)
+    except ValueError as exc:
+        raise SystemExit(f"invalid render parameters: {exc}") from None
 
 
 class _StopFlag:

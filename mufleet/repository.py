@@ -66,6 +66,9 @@ class RenderParams(BaseModel):
     preprocessing_instance_count: int = Field(1, ge=1, le=64)
     postprocessing_instance_count: int = Field(1, ge=1, le=64)
     bls_instance_count: int = Field(1, ge=1, le=64)
+    tensorrt_llm_instance_count: int = Field(
+        1, ge=1, le=64, description="trtllm: engine instances (orchestrator mode, gpu_device_ids)"
+    )
     bls_max_concurrent_requests: int = Field(
         64, ge=1, le=4096, description="requests one BLS instance serves at once"
     )
@@ -96,6 +99,8 @@ class RenderParams(BaseModel):
             raise ValueError("the sim profile needs hardware_profile")
         if self.profile != "trtllm" and self.logits_datatype != "TYPE_FP32":
             raise ValueError("the Python engines return TYPE_FP32 logits")
+        if self.profile != "trtllm" and self.tensorrt_llm_instance_count != 1:
+            raise ValueError("a Python engine runs one instance per node")
         return self
 
     def variables(self) -> dict[str, str]:

@@ -44,7 +44,7 @@ def context_window(model_dir: Path, default: int = 2048) -> int:
     return default
 
 
-def _as_text(value: object) -> str:
+def as_text(value: object) -> str:
     if isinstance(value, bytes):
         try:
             return value.decode("utf-8")
@@ -56,10 +56,16 @@ def _as_text(value: object) -> str:
 class TextEncoder:
     """Tokenizes queries and word lists for one tokenizer directory."""
 
-    def __init__(self, tokenizer_dir: Path, max_context: int | None = None) -> None:
+    def __init__(
+        self,
+        tokenizer_dir: Path,
+        max_context: int | None = None,
+        add_special_tokens: bool = True,
+    ) -> None:
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        self.add_special_tokens = add_special_tokens
         self.max_context = max_context or context_window(tokenizer_dir)
         self.end_id = self._special_id("eos_token_id", 0)
         self.pad_id = self._special_id("pad_token_id", self.end_id)
@@ -78,12 +84,12 @@ class TextEncoder:
         pad_id: int | None = None,
     ) -> EncodedRequest:
         """Tokenize and validate one request; raises :class:`InvalidRequestError`."""
-        text = _as_text(query)
+        text = as_text(query)
         if not text:
             raise InvalidRequestError("text_input must not be empty")
         if max_tokens < 1:
             raise InvalidRequestError(f"max_tokens must be at least 1, got {max_tokens}")
-        ids = self.tokenizer.encode(text, add_special_tokens=True)
+        ids = self.tokenizer.encode(text, add_special_tokens=self.add_special_tokens)
         if len(ids) + max_tokens > self.max_context:
             raise InvalidRequestError(
                 f"prompt of {len(ids)} tokens plus max_tokens={max_tokens} exceeds the "
@@ -100,9 +106,7 @@ class TextEncoder:
 
     def _word_lists(self, words: Sequence[object]) -> np.ndarray:
         encoded = [
-            self.tokenizer.encode(_as_text(w), add_special_tokens=False)
-            for w in words
-            if _as_text(w)
+            self.tokenizer.encode(as_text(w), add_special_tokens=False) for w in words if as_text(w)
         ]
         return encode_word_lists(encoded)
 
@@ -110,10 +114,27 @@ class TextEncoder:
 class TextDecoder:
     """Turns engine output ids back into text."""
 
-    def __init__(self, tokenizer_dir: Path) -> None:
+    def __init__(self, tokenizer_dir: Path, skip_special_tokens: bool = True) -> None:
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        self.skip_special_tokens = skip_special_tokens
+
+    def decode_batch(self, tokens: np.ndarray, sequence_length: np.ndarray) -> np.ndarray:
+        """``TOKENS_BATCH [B, beams, n]`` and ``SEQUENCE_LENGTH [B, beams]`` → ``[B, beams]``."""
+        batch = np.asarray(tokens)
+        if batch.ndim == 2:
+            batch = batch[None]
+        lengths = np.asarray(sequence_length).reshape(batch.shape[0], -1)
+        rows = [
+            self.decode(beams, row_lengths)
+            for beams, row_lengths in zip(batch, lengths, strict=True)
+        ]
+        out = np.empty((len(rows), max(len(r) for r in rows)), dtype=np.object_)
+        out[:] = b""
+        for i, row in enumerate(rows):
+            out[i, : len(row)] = row
+        return out
 
     def decode(self, tokens: np.ndarray, sequence_length: np.ndarray) -> list[bytes]:
         """Decode ``[beam, tokens]`` with per-beam lengths into one UTF-8 text per beam.
@@ -128,7 +149,14 @@ class TextDecoder:
         for beam, length in zip(beams, lengths, strict=False):
             ids = [int(t) for t in beam[: max(int(length), 0)]]
             known = [t for t in ids if 0 <= t < vocab]
-            text = str(self.tokenizer.decode(known, skip_special_tokens=True))
+            # No clean-up of spaces: chunk texts must concatenate to the whole text.
+            text = str(
+                self.tokenizer.decode(
+                    known,
+                    skip_special_tokens=self.skip_special_tokens,
+                    clean_up_tokenization_spaces=False,
+                )
+            )
             if len(known) != len(ids):
                 text += "\ufffd"
             texts.append(text.encode("utf-8"))

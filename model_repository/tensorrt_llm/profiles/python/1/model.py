@@ -108,9 +108,7 @@ class TritonPythonModel:
             except InvalidGenerationError as exc:
                 sender.send(_error(str(exc), pb_utils.TritonError.INVALID_ARG), flags=FINAL)
                 continue
-            assembler = ResponseAssembler(
-                parsed, _sender(sender), self.decoupled, self._holdback
-            )
+            assembler = ResponseAssembler(parsed, _sender(sender), self.decoupled, self._holdback)
 
             def cancelled(sender=sender, assembler=assembler):
                 return assembler.failed or sender.is_cancelled()
