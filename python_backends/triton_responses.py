@@ -15,6 +15,7 @@ streaming clients rely on both). A streaming sequence passes through a
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -96,21 +97,31 @@ class ResponseAssembler:
 
     def on_event(self, index: int, event: TokenEvent) -> None:
         with self._lock:
-            seq = self._sequences[index]
-            if self.failed or seq.ended:
-                return
-            if event.error is not None:
-                self.failed = True
-                self._send(None, event.error, True)
-                return
-            self._absorb(seq, event)
-            if event.finished:
-                seq.ended = True
-                self._open -= 1
-            if self.decoupled:
-                self._stream(seq, event)
-            elif self._open == 0:
-                self._send(self._combined(), None, True)
+            try:
+                self._on_event(index, event)
+            except Exception as exc:  # the caller gets an error, never silence
+                if not self.failed:
+                    self.failed = True
+                    with contextlib.suppress(Exception):
+                        self._send(None, f"could not build the response: {exc}", True)
+                raise
+
+    def _on_event(self, index: int, event: TokenEvent) -> None:
+        seq = self._sequences[index]
+        if self.failed or seq.ended:
+            return
+        if event.error is not None:
+            self.failed = True
+            self._send(None, event.error, True)
+            return
+        self._absorb(seq, event)
+        if event.finished:
+            seq.ended = True
+            self._open -= 1
+        if self.decoupled:
+            self._stream(seq, event)
+        elif self._open == 0:
+            self._send(self._combined(), None, True)
 
     # -- accumulation ---------------------------------------------------------------------
     def _absorb(self, seq: _Sequence, event: TokenEvent) -> None:
@@ -224,7 +235,8 @@ class ResponseAssembler:
             rows = _stack_padded([p["generation_logits"][0] for p in parts])
             out["generation_logits"] = rows.reshape(batch, per_row, *rows.shape[2:])
         for name in parts[0]:
-            out.setdefault(name, np.concatenate([p[name] for p in firsts]))
+            if name not in out:
+                out[name] = np.concatenate([p[name] for p in firsts])
         return out
 
 

@@ -39,7 +39,8 @@ def _priority(request):
     return level if isinstance(level, int) else None
 
 
-def _error(message, code=pb_utils.TritonError.INTERNAL):
+def _error(message, code=None):
+    code = pb_utils.TritonError.INTERNAL if code is None else code
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
 
 
