@@ -202,6 +202,7 @@ def cmd_fault(args: argparse.Namespace) -> int:
         error_rate=args.error_rate,
         garbage=args.garbage,
         crash=args.crash,
+        iteration_errors=args.iteration_errors,
     )
     path = args.file or paths.home() / "faults" / f"{args.node}.json"
     write_faults(path, switches)
@@ -285,6 +286,13 @@ def build_parser() -> argparse.ArgumentParser:
     fault.add_argument("--error-rate", type=float, default=0.0, help="fraction failed")
     fault.add_argument("--garbage", action="store_true", help="invalid tokens, wrong lengths")
     fault.add_argument("--crash", action="store_true", help="the engine process exits")
+    fault.add_argument(
+        "--iteration-errors",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the next N engine iterations raise; 3 or more in a row kill the engine",
+    )
     fault.set_defaults(func=cmd_fault)
 
     cal = sub.add_parser(

@@ -53,6 +53,13 @@ def _present(value: np.ndarray) -> bool:
     return bool(arr.any()) if arr.dtype == np.bool_ else arr.size > 0
 
 
+def _with_batch_dims(name: str, value: np.ndarray) -> np.ndarray:
+    """Undo the front's ``reshape: []``: an input Triton hands over as ``[B]`` is ``[B, 1]``."""
+    arr = np.asarray(value)
+    declared = MODELS[FRONT].inputs_by_name.get(name)
+    return arr.reshape(-1, 1) if declared is not None and declared.scalar else arr
+
+
 @dataclass
 class _Accumulated:
     tokens: dict[tuple[int, int], list[int]] = field(default_factory=dict)
@@ -77,6 +84,7 @@ class BlsPipeline:
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> Iterator[Tensors]:
         """The front responses of one request, in order."""
+        inputs = {name: _with_batch_dims(name, value) for name, value in inputs.items()}
         for name, reason in REFUSED.items():
             if name in inputs and _present(inputs[name]):
                 raise BlsError(f"input not supported: {reason}")

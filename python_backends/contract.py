@@ -62,11 +62,9 @@ class ModelIO:
     inputs: tuple[T, ...]
     outputs: tuple[T, ...]
 
-    def input(self, name: str) -> T:
-        for tensor in self.inputs:
-            if tensor.name == name:
-                return tensor
-        raise KeyError(name)
+    @property
+    def inputs_by_name(self) -> dict[str, T]:
+        return {t.name: t for t in self.inputs}
 
     @property
     def input_names(self) -> tuple[str, ...]:

@@ -16,7 +16,7 @@ from typing import Any
 
 _BYTE_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 MAX_HELD_TOKENS = 8
-"""A character is at most 4 bytes; past this many held tokens the bytes are not UTF-8."""
+"""Tokens held for one character at most (it has at most 4 bytes; special tokens have none)."""
 
 
 def _byte_level_alphabet() -> dict[str, int]:
@@ -73,31 +73,45 @@ class TokenBytes:
 
 
 class Utf8Holdback:
-    """Per-stream buffer: :meth:`push` returns the ids that may be sent now."""
+    """Per-stream buffer: :meth:`push` returns the ids that may be sent now.
+
+    A UTF-8 decoder of the whole stream (invalid bytes replaced by U+FFFD, as tokenizers
+    decode them) runs alongside. Tokens are released up to the first token whose bytes
+    the decoder still holds, and only where that is a token boundary: decoding the
+    released chunk alone then gives exactly what the whole-stream decode gives for it.
+    """
 
     def __init__(self, token_bytes: TokenBytes) -> None:
         self.token_bytes = token_bytes
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
-        self._held: list[int] = []
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._held: list[tuple[int, int]] = []
+        """Held ``(token id, offset of its first byte)``."""
+        self._offset = 0
 
     def push(self, token_ids: Sequence[int]) -> list[int]:
         """Add ``token_ids``; the ids that end on a character boundary (maybe none)."""
-        self._held.extend(token_ids)
-        complete = True
+        ready: list[int] = []
         for token_id in token_ids:
-            try:
-                self._decoder.decode(self.token_bytes.of(token_id))
-            except UnicodeDecodeError:
-                self._decoder.reset()  # not UTF-8 at all: nothing to wait for
-                complete = True
-                continue
-            complete = self._decoder.getstate()[0] == b""
-        if complete or len(self._held) >= MAX_HELD_TOKENS:
-            return self.flush()
-        return []
+            data = self.token_bytes.of(token_id)
+            self._held.append((token_id, self._offset))
+            self._offset += len(data)
+            self._decoder.decode(data)
+            settled = self._offset - len(self._decoder.getstate()[0])
+            cut = next(
+                (i for i, (_, start) in enumerate(self._held) if start >= settled),
+                len(self._held),
+            )
+            if cut and (cut == len(self._held) or self._held[cut][1] == settled):
+                ready.extend(t for t, _ in self._held[:cut])
+                del self._held[:cut]
+        if len(self._held) >= MAX_HELD_TOKENS:
+            ready.extend(self.flush())
+        return ready
 
     def flush(self) -> list[int]:
         """Everything still held (the end of the stream)."""
-        held, self._held = self._held, []
+        held = [t for t, _ in self._held]
+        self._held.clear()
         self._decoder.reset()
+        self._offset = 0
         return held

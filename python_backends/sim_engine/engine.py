@@ -95,6 +95,8 @@ class SimEngine(EngineLoop[_SimSequence]):
         self.sleep: Callable[[float], None] = time.sleep
         self._timeline = float("-inf")
         self.busy_s = 0.0
+        self._faults_seen: FaultSwitches | None = None
+        self._errors_raised = 0
         """Emulated seconds of engine work so far (excludes time_scale and slowdown)."""
 
     def submit(
@@ -111,6 +113,12 @@ class SimEngine(EngineLoop[_SimSequence]):
         if faults.hang:
             time.sleep(self.faults.poll_s)
             return
+        if faults is not self._faults_seen:  # a new file version: count its errors anew
+            self._faults_seen, self._errors_raised = faults, 0
+        if self._errors_raised < faults.iteration_errors:
+            self._errors_raised += 1
+            self._admit(faults)  # so that queued requests are the ones running, and fail
+            raise RuntimeError("injected fault: engine iteration raised")
         self.step(faults)
 
     def step(self, faults: FaultSwitches | None = None) -> float:
@@ -181,7 +189,7 @@ class SimEngine(EngineLoop[_SimSequence]):
                     break  # guaranteed_no_evict: wait for blocks, in order
                 self._waiting.popleft()
                 seq.allocation = allocation
-                seq.scheduled_ns = time.monotonic_ns()
+                seq.scheduled_ns = int(time.monotonic() * 1e9)
                 seq.kv_reused_blocks = len(allocation.cached_blocks)
                 seq.kv_total_blocks = allocation.total
                 cached = len(allocation.cached_blocks) * self.pool.block_tokens
@@ -236,7 +244,7 @@ class SimEngine(EngineLoop[_SimSequence]):
         if self._finished(seq):
             return
         spec = seq.spec
-        now = time.monotonic_ns()
+        now = int(time.monotonic() * 1e9)
         seq.first_token_ns = seq.first_token_ns or now
         seq.last_token_ns = now
         token = self._choose(seq)

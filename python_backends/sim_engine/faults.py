@@ -31,6 +31,13 @@ class FaultSwitches(BaseModel):
     error_rate: float = Field(0.0, ge=0.0, le=1.0, description="fraction of requests failed")
     garbage: bool = Field(False, description="emit invalid token ids and wrong lengths")
     crash: bool = Field(False, description="the engine's process exits")
+    iteration_errors: int = Field(
+        0,
+        ge=0,
+        le=1000,
+        description="the next N engine iterations raise (an engine bug), counted from when "
+        "the switch is written",
+    )
 
 
 def write_faults(path: Path, switches: FaultSwitches) -> None:

@@ -18,3 +18,16 @@ def triton_node(tiny_model_dir: Path, mufleet_home: Path) -> Iterator[TritonNode
     params = RenderParams(profile="cpu", tokenizer_dir=tiny_model_dir, max_batch_size=ENGINE_SLOTS)
     with serving("test", params, mufleet_home) as node:
         yield node
+
+
+@pytest.fixture(scope="session")
+def unary_node(tiny_model_dir: Path, mufleet_home: Path) -> Iterator[TritonNode]:
+    """The same repository rendered with ``decoupled_mode`` false: unary infer everywhere."""
+    params = RenderParams(
+        profile="cpu",
+        tokenizer_dir=tiny_model_dir,
+        max_batch_size=ENGINE_SLOTS,
+        decoupled_mode=False,
+    )
+    with serving("unary", params, mufleet_home) as node:
+        yield node

@@ -29,32 +29,15 @@ TRTLLM_CONFIG = TRTLLM_PROFILE / "config.pbtxt"
 IMAGE_PROJECT_DIR = "/opt/mufleet"
 FROM_RE = re.compile(r"nvcr\.io/nvidia/tritonserver:\d\d\.\d\d-trtllm-python-py3")
 
-# The renderer's variables: the only placeholders a template may use.
+# Render parameters of the trtllm tests (everything else at its default).
 SAMPLE_VARS: dict[str, object] = {
+    "profile": "trtllm",
     "tokenizer_dir": "/tokenizer",
-    "model_dir": "/hf-model",
     "engine_dir": "/engines",
     "max_batch_size": 16,
-    "priority_levels": 3,
-    "default_priority_level": 2,
     "max_queue_delay_us": 100,
     "kv_cache_free_gpu_mem_fraction": 0.85,
-    "enable_kv_cache_reuse": "true",
-    "batching_strategy": "inflight_fused_batching",
-    # Further renderer fields (the entrypoint's --set knobs), at their defaults.
-    "decoupled_mode": "true",
-    "max_queue_size": 0,
-    "bls_instance_count": 1,
-    "preprocessing_instance_count": 1,
-    "postprocessing_instance_count": 1,
-    "tensorrt_llm_instance_count": 1,
-    "accumulate_tokens": "false",
-    "enable_chunked_context": "false",
-    "max_tokens_in_paged_kv_cache": 0,
-    "max_attention_window_size": 0,
-    "exclude_input_in_output": "true",
-    "gpu_device_ids": "",
-    "participant_ids": "",
+    "max_tokens_in_paged_kv_cache": 4096,
 }
 
 
@@ -1029,17 +1012,12 @@ def _parse_model_config(text: str):  # -> model_config_pb2.ModelConfig
     return text_format.Parse(text, model_config_pb2.ModelConfig())
 
 
-def _render_template(path: Path) -> str:
-    template = path.read_text()
-    used = set(re.findall(r"\$\{(\w+)\}", template))
-    assert used <= SAMPLE_VARS.keys(), f"unknown placeholders: {sorted(used - SAMPLE_VARS.keys())}"
-    return string.Template(template).substitute(SAMPLE_VARS)
-
-
 @pytest.fixture(scope="module")
-def trtllm_config():
-    assert TRTLLM_CONFIG.is_file()
-    return _parse_model_config(_render_template(TRTLLM_CONFIG))
+def trtllm_config(tmp_path_factory: pytest.TempPathFactory):
+    from mufleet.repository import RenderParams, render
+
+    out = render(RenderParams.model_validate(SAMPLE_VARS), tmp_path_factory.mktemp("trt") / "r")
+    return _parse_model_config((out / "tensorrt_llm" / "config.pbtxt").read_text())
 
 
 def test_trtllm_profile_layout() -> None:
@@ -1065,85 +1043,10 @@ def test_trtllm_model_settings(trtllm_config) -> None:
     assert db.max_queue_delay_microseconds == SAMPLE_VARS["max_queue_delay_us"]
 
 
-# Upstream marks input_ids optional too (encoder-only models send encoder_input_features).
-REQUIRED_INPUTS = {"input_lengths", "request_output_len"}
-ROUTED_INPUTS = {
-    "input_ids",
-    "input_lengths",
-    "request_output_len",
-    "end_id",
-    "pad_id",
-    "runtime_top_k",
-    "runtime_top_p",
-    "temperature",
-    "seed",
-    "streaming",
-    "stop_words_list",
-    "bad_words_list",
-    "min_tokens",
-    "return_log_probs",
-}
-ROUTED_OUTPUTS = {"output_ids", "sequence_length", "cum_log_probs", "output_log_probs"}
-
-
-def test_trtllm_tensor_names(trtllm_config) -> None:
-    inputs = [t.name for t in trtllm_config.input]
-    outputs = [t.name for t in trtllm_config.output]
-    assert len(inputs) == len(set(inputs)), "duplicate input names"
-    assert len(outputs) == len(set(outputs)), "duplicate output names"
-    assert set(inputs) >= ROUTED_INPUTS, sorted(ROUTED_INPUTS - set(inputs))
-    assert set(outputs) >= ROUTED_OUTPUTS, sorted(ROUTED_OUTPUTS - set(outputs))
-
-
-def test_trtllm_tensor_shapes_match_upstream(trtllm_config) -> None:
-    from tritonclient.grpc import model_config_pb2 as mc
-
-    dt = mc.DataType
-    inputs = {t.name: t for t in trtllm_config.input}
-    outputs = {t.name: t for t in trtllm_config.output}
-    # name: (data type, dims, reshaped to a scalar)
-    expected_inputs = {
-        "input_ids": (dt.TYPE_INT32, [-1], False),
-        "input_lengths": (dt.TYPE_INT32, [1], True),
-        "request_output_len": (dt.TYPE_INT32, [1], True),
-        "end_id": (dt.TYPE_INT32, [1], True),
-        "pad_id": (dt.TYPE_INT32, [1], True),
-        "runtime_top_k": (dt.TYPE_INT32, [1], True),
-        "runtime_top_p": (dt.TYPE_FP32, [1], True),
-        "temperature": (dt.TYPE_FP32, [1], True),
-        "seed": (dt.TYPE_UINT64, [1], True),
-        "min_tokens": (dt.TYPE_INT32, [1], True),
-        "streaming": (dt.TYPE_BOOL, [1], True),
-        "return_log_probs": (dt.TYPE_BOOL, [1], True),
-        "stop_words_list": (dt.TYPE_INT32, [2, -1], False),
-        "bad_words_list": (dt.TYPE_INT32, [2, -1], False),
-    }
-    for name, (dtype, dims, scalar) in expected_inputs.items():
-        tensor = inputs[name]
-        assert tensor.data_type == dtype, name
-        assert list(tensor.dims) == dims, name
-        assert tensor.HasField("reshape") is scalar, name
-        if scalar:
-            assert list(tensor.reshape.shape) == [], name
-        assert tensor.optional is (name not in REQUIRED_INPUTS), name
-    for name in ("input_ids", "stop_words_list", "bad_words_list"):
-        assert inputs[name].allow_ragged_batch, name
-
-    expected_outputs = {
-        "output_ids": (dt.TYPE_INT32, [-1, -1]),
-        "sequence_length": (dt.TYPE_INT32, [-1]),
-        "cum_log_probs": (dt.TYPE_FP32, [-1]),
-        "output_log_probs": (dt.TYPE_FP32, [-1, -1]),
-    }
-    for name, (dtype, dims) in expected_outputs.items():
-        assert outputs[name].data_type == dtype, name
-        assert list(outputs[name].dims) == dims, name
-
-
 def test_trtllm_parameters(trtllm_config) -> None:
     params = {k: v.string_value for k, v in trtllm_config.parameters.items()}
     assert params["gpt_model_path"] == SAMPLE_VARS["engine_dir"]
-    assert params["gpt_model_type"] == SAMPLE_VARS["batching_strategy"]
+    assert params["gpt_model_type"] == "inflight_fused_batching"
     assert params["kv_cache_free_gpu_mem_fraction"] == str(
         SAMPLE_VARS["kv_cache_free_gpu_mem_fraction"]
     )
@@ -1151,6 +1054,8 @@ def test_trtllm_parameters(trtllm_config) -> None:
     assert params["max_beam_width"] == "1"
     assert params["exclude_input_in_output"] == "true"
     assert params["batch_scheduler_policy"] == "guaranteed_no_evict"
+    assert params["max_tokens_in_paged_kv_cache"] == "4096"
+    assert "gpu_device_ids" not in params, "unset optional parameters are left out"
     # Read by the backend without a fallback; loading fails when absent.
     for key in ("tokenizer_dir", "guided_decoding_backend", "xgrammar_tokenizer_info_path"):
         assert key in params, key

@@ -173,23 +173,6 @@ def test_ensemble_maps_reference_existing_tensors(rendered: dict[str, Path], pro
         assert available.get(out.name) == out.data_type, out.name
 
 
-def _signature(tensors: Iterable[Any]) -> list[tuple[str, int, list[int], bool]]:
-    """Name, data type, dims and optional flag of each tensor (outputs have no flag)."""
-    return sorted(
-        (t.name, t.data_type, list(t.dims), bool(getattr(t, "optional", False))) for t in tensors
-    )
-
-
-def test_bls_matches_ensemble_io(rendered: dict[str, Path]) -> None:
-    configs = _configs(rendered["cpu"])
-    ensemble, bls = configs["ensemble"], configs["tensorrt_llm_bls"]
-
-    assert _signature(bls.input) == _signature(ensemble.input)
-    assert _signature(bls.output) == _signature(ensemble.output)
-    assert len(bls.input) == 13
-    assert bls.dynamic_batching.priority_levels == PRIORITY_LEVELS
-
-
 def test_variables_are_strings() -> None:
     variables = _params(enable_kv_cache_reuse=False).variables()
 
