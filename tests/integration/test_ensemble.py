@@ -40,18 +40,22 @@ def test_generate_returns_text(triton_node: TritonNode) -> None:
     assert len(body["output_ids"]) == 12
 
 
-def test_generate_stream_sends_one_event_per_token(triton_node: TritonNode) -> None:
+def test_generate_stream_sends_the_tokens_as_they_come(triton_node: TritonNode) -> None:
+    """One event per token, except where a character spans tokens (sent together)."""
     events = sse_events(
         f"http://{triton_node.http_url}/v2/models/ensemble/generate_stream",
         {"text_input": "Stream this", "max_tokens": 6, "min_tokens": 6, "stream": True},
     )
-    assert len(events) == 6
-    assert all("text_output" in e and e["sequence_length"] == 1 for e in events)
+    assert sum(e["sequence_length"] for e in events) == 6
+    assert len(events) >= 2 and all("text_output" in e and e["sequence_length"] for e in events)
 
 
-def test_http_infer_and_grpc_stream_agree_for_a_seed(triton_node: TritonNode) -> None:
+def test_http_infer_and_grpc_stream_agree_for_a_seed(
+    triton_node: TritonNode, unary_node: TritonNode
+) -> None:
+    """Unary infer on the non-decoupled rendering gives the tokens the stream gives."""
     text, n = "Agents call tools in loops", 16
-    http = http_client(triton_node.http_url)
+    http = http_client(unary_node.http_url)
     unary = http.infer("tensorrt_llm_bls", ensemble_inputs(httpclient, text, n, seed=7, top_k=40))
     unary_tokens = [int(t) for t in unary.as_numpy("output_ids").reshape(-1)]
 
@@ -103,7 +107,7 @@ def test_concurrent_requests_are_batched(triton_node: TritonNode) -> None:
     order = [rid for rid, tokens in arrivals if tokens]
     first_final = min(len(order) - order[::-1].index(f"r{i}") - 1 for i in range(4))
     assert len(set(order[: first_final + 1])) >= 3, "streams should interleave"
-    assert len(order) == 4 * 96
+    assert sum(len(tokens) for _, tokens in arrivals) == 4 * 96
 
 
 def test_success_metric_grows(triton_node: TritonNode) -> None:

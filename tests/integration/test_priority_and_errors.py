@@ -124,8 +124,8 @@ def test_unknown_model_is_404(triton_node: TritonNode) -> None:
     assert status == 404, body
 
 
-def test_wrong_dtype_is_400(triton_node: TritonNode) -> None:
-    client = http_client(triton_node.http_url)
+def test_wrong_dtype_is_400(unary_node: TritonNode) -> None:
+    client = http_client(unary_node.http_url)
     text = httpclient.InferInput("text_input", [1, 1], "BYTES")
     text.set_data_from_numpy(np.array([["hi"]], dtype=object))
     max_tokens = httpclient.InferInput("max_tokens", [1, 1], "FP32")
@@ -136,8 +136,16 @@ def test_wrong_dtype_is_400(triton_node: TritonNode) -> None:
     assert "INT32" in str(err.value)
 
 
-def test_streaming_through_the_unary_model_is_refused(triton_node: TritonNode) -> None:
-    client = http_client(triton_node.http_url)
+def test_streaming_through_a_non_decoupled_model_is_400(unary_node: TritonNode) -> None:
+    client = http_client(unary_node.http_url)
     with pytest.raises(InferenceServerException) as err:
         client.infer("tensorrt_llm_bls", ensemble_inputs(httpclient, "hi", 4, stream=True))
     assert err.value.status() == "400"
+    assert "decoupled" in str(err.value)
+
+
+def test_unary_http_infer_on_a_decoupled_model_is_refused(triton_node: TritonNode) -> None:
+    """Decoupled (the default) streams; Triton refuses unary HTTP infer there."""
+    client = http_client(triton_node.http_url)
+    with pytest.raises(InferenceServerException, match="decoupled"):
+        client.infer("tensorrt_llm_bls", ensemble_inputs(httpclient, "hi", 4))

@@ -125,3 +125,34 @@ def test_crash_kills_the_engine_until_reloaded(sim_node: TritonNode, faults: Pat
     )
     assert reload_status == 200
     assert _generate(sim_node)[0] == 200
+
+
+def test_an_iteration_that_raises_fails_its_requests_only(
+    sim_node: TritonNode, faults: Path
+) -> None:
+    """An engine bug in one iteration fails what it ran; the next request is served."""
+    _set(faults, iteration_errors=1)
+    status, body = _generate(sim_node)
+    assert status >= 400 and "engine iteration failed" in str(body["error"]), body
+    assert _generate(sim_node)[0] == 200
+    assert _ready(sim_node)
+
+
+def test_an_engine_that_keeps_failing_exits_its_stub(sim_node: TritonNode, faults: Path) -> None:
+    """Iterations failing in a row kill the engine: a clear error, then the stub exits,
+    so requests fail fast (never hang) until the model is reloaded."""
+    _set(faults, iteration_errors=10)
+    errors = [str(_generate(sim_node)[1].get("error")) for _ in range(4)]
+    assert any("engine is dead" in e or "iteration failed" in e for e in errors), errors
+    deadline = time.monotonic() + 30
+    status, body = _generate(sim_node)
+    while "not healthy" not in str(body.get("error")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        status, body = _generate(sim_node)
+    assert status >= 400 and "not healthy" in str(body["error"]), body
+    _set(faults)
+    reload_status, _ = http_json(
+        f"http://{sim_node.http_url}/v2/repository/models/tensorrt_llm/load", b"{}"
+    )
+    assert reload_status == 200
+    assert _generate(sim_node)[0] == 200

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from python_backends.cpu_engine.sampling import TokenSampler
-from python_backends.generation import GenerationSpec, SamplingParams, parse_generation
+from python_backends.generation import GenerationSpec, SamplingParams, parse_request
 
 VOCAB = 64
 GREEDY = SamplingParams()
@@ -20,14 +20,17 @@ def _sampler(
     bad_words: tuple[tuple[int, ...], ...] = (),
     end_id: int | None = None,
     min_tokens: int = 0,
+    input_ids: tuple[int, ...] = (1,),
+    embedding_bias: tuple[tuple[int, float], ...] = (),
 ) -> TokenSampler:
     spec = GenerationSpec(
-        input_ids=(1,),
+        input_ids=input_ids,
         max_new_tokens=16,
         end_id=end_id,
         min_tokens=min_tokens,
         sampling=sampling,
         bad_words=bad_words,
+        embedding_bias=embedding_bias,
     )
     return TokenSampler(spec)
 
@@ -176,7 +179,7 @@ def test_log_prob_is_from_unscaled_distribution() -> None:
 
 def test_max_uint64_seed_can_be_sampled_with() -> None:
     seed = 2**64 - 1
-    spec = parse_generation(
+    spec = parse_request(
         {
             "input_ids": np.array([[1, 2]], dtype=np.int32),
             "input_lengths": np.array([[2]], dtype=np.int32),
@@ -184,10 +187,228 @@ def test_max_uint64_seed_can_be_sampled_with() -> None:
             "runtime_top_k": np.array([[5]], dtype=np.int32),
             "seed": np.array([[seed]], dtype=np.uint64),
         },
+        "cpu",
         vocab_size=VOCAB,
         max_context=64,
-    )
+    ).specs[0]
 
     token, _ = TokenSampler(spec).choose(_flat(), [])
 
     assert 0 <= token < VOCAB
+
+
+def test_returned_sequences_sample_differently() -> None:
+    request = parse_request(
+        {
+            "input_ids": np.array([[1, 2]], dtype=np.int32),
+            "input_lengths": np.array([[2]], dtype=np.int32),
+            "request_output_len": np.array([[4]], dtype=np.int32),
+            "runtime_top_k": np.array([[50]], dtype=np.int32),
+            "seed": np.array([[77]], dtype=np.uint64),
+            "num_return_sequences": np.array([[3]], dtype=np.int32),
+        },
+        "cpu",
+        vocab_size=VOCAB,
+        max_context=64,
+    )
+    logits = _flat(4)
+
+    draws = [_draws(TokenSampler(spec), logits, 32) for spec in request.specs]
+
+    assert draws[0] == _draws(_sampler(SamplingParams(top_k=50, seed=77)), logits, 32)
+    assert len({tuple(d) for d in draws}) == 3
+
+
+# -- logits processing: bias and penalties ----------------------------------------------------
+def test_processed_leaves_logits_alone_without_knobs() -> None:
+    logits = _flat(2)
+
+    assert torch.equal(_sampler().processed(logits, [3, 4]), logits)
+
+
+def test_repetition_penalty_makes_a_repeated_token_less_likely() -> None:
+    logits = _peaked(5, 6, 9)
+    generated = [5]
+
+    plain = torch.softmax(_sampler().processed(logits, generated), -1)
+    penalised = torch.softmax(
+        _sampler(SamplingParams(repetition_penalty=2.0)).processed(logits, generated), -1
+    )
+
+    assert penalised[5] < plain[5]
+    assert penalised[6] > plain[6]
+
+
+def test_repetition_penalty_divides_positive_and_multiplies_negative_logits() -> None:
+    logits = torch.zeros(VOCAB)
+    logits[5], logits[6], logits[7], logits[8] = 4.0, -3.0, 2.0, 1.0
+
+    out = _sampler(SamplingParams(repetition_penalty=2.0), input_ids=(7,)).processed(
+        logits, [5, 6, 5]
+    )
+
+    assert float(out[5]) == pytest.approx(2.0)  # generated twice, still divided once
+    assert float(out[6]) == pytest.approx(-6.0)
+    assert float(out[7]) == pytest.approx(1.0)  # the prompt counts too
+    assert float(out[8]) == pytest.approx(1.0)  # never seen: unchanged
+    assert torch.equal(out[9:], logits[9:])
+
+
+def test_repetition_penalty_below_one_favours_repeats() -> None:
+    logits = _peaked(6, 5)
+
+    token, _ = _sampler(SamplingParams(repetition_penalty=0.5)).choose(logits, [5])
+
+    assert token == 5
+
+
+def test_presence_and_frequency_penalties_lower_the_logit_by_their_amounts() -> None:
+    logits = _flat(5)
+    sampler = _sampler(SamplingParams(presence_penalty=0.5, frequency_penalty=0.25), input_ids=(9,))
+
+    out = sampler.processed(logits, [3, 3, 3, 7])
+
+    assert float(logits[3] - out[3]) == pytest.approx(0.5 + 3 * 0.25)
+    assert float(logits[7] - out[7]) == pytest.approx(0.5 + 0.25)
+    untouched = [t for t in range(VOCAB) if t not in (3, 7)]
+    assert torch.equal(out[untouched], logits[untouched])  # the prompt's 9 included
+
+
+def test_presence_penalty_alone_counts_each_token_once() -> None:
+    logits = _flat(6)
+
+    out = _sampler(SamplingParams(presence_penalty=1.5)).processed(logits, [4, 4, 4, 4])
+
+    assert float(logits[4] - out[4]) == pytest.approx(1.5)
+
+
+def test_frequency_penalty_changes_the_greedy_choice() -> None:
+    logits = _peaked(5, 6)  # 5 leads 6 by one
+
+    sampler = _sampler(SamplingParams(frequency_penalty=0.75))
+
+    assert sampler.choose(logits, [5])[0] == 5
+    assert sampler.choose(logits, [5, 5])[0] == 6
+
+
+def test_penalties_apply_before_log_probs() -> None:
+    logits = _peaked(5, 6)
+    sampler = _sampler(SamplingParams(presence_penalty=3.0))
+
+    token, log_prob = sampler.choose(logits, [5])
+
+    assert token == 6
+    assert log_prob == pytest.approx(
+        float(torch.log_softmax(sampler.processed(logits, [5]), -1)[6])
+    )
+
+
+def test_embedding_bias_forces_a_token_under_greedy() -> None:
+    logits = _peaked(4, 9)
+
+    token, log_prob = _sampler(embedding_bias=((30, 100.0),)).choose(logits, [])
+
+    assert token == 30
+    assert log_prob == pytest.approx(0.0, abs=1e-3)
+
+
+def test_embedding_bias_adds_exactly_its_values() -> None:
+    logits = _flat(8)
+
+    out = _sampler(embedding_bias=((2, 1.5), (40, -2.0))).processed(logits, [])
+
+    assert float(out[2] - logits[2]) == pytest.approx(1.5)
+    assert float(out[40] - logits[40]) == pytest.approx(-2.0)
+    assert torch.equal(out[3:40], logits[3:40])
+
+
+def test_negative_embedding_bias_removes_the_best_token() -> None:
+    assert _sampler(embedding_bias=((4, -100.0),)).choose(_peaked(4, 9), [])[0] == 9
+
+
+def test_bad_words_beat_embedding_bias() -> None:
+    sampler = _sampler(embedding_bias=((30, 100.0),), bad_words=((30,),))
+
+    assert sampler.choose(_peaked(4, 9), [])[0] == 4
+
+
+def test_min_tokens_beats_embedding_bias_on_end_id() -> None:
+    sampler = _sampler(embedding_bias=((2, 100.0),), end_id=2, min_tokens=2)
+
+    assert sampler.choose(_peaked(4, 9), [])[0] == 4
+    assert sampler.choose(_peaked(4, 9), [4])[0] == 4
+    assert sampler.choose(_peaked(4, 9), [4, 4])[0] == 2
+
+
+def test_bad_words_and_min_tokens_banned_together_when_sampling() -> None:
+    logits = _flat(10)
+    logits[11], logits[12] = 4.0, 4.0
+    sampler = _sampler(SamplingParams(top_k=3, seed=1), bad_words=((11,),), end_id=12, min_tokens=5)
+
+    draws = [sampler.choose(logits, [0] * n)[0] for n in range(5) for _ in range(40)]
+
+    assert 11 not in draws
+    assert 12 not in draws
+
+
+# -- top-p decay -------------------------------------------------------------------------
+def _decaying(
+    top_p_decay: float = 1.0, top_p_min: float = 1.0e-6, top_p_reset_id: int | None = None
+) -> TokenSampler:
+    return _sampler(
+        SamplingParams(
+            top_p=0.8,
+            seed=0,
+            top_p_decay=top_p_decay,
+            top_p_min=top_p_min,
+            top_p_reset_id=top_p_reset_id,
+        )
+    )
+
+
+def test_top_p_decays_per_token_down_to_its_minimum() -> None:
+    sampler = _decaying(top_p_decay=0.5, top_p_min=0.15)
+    logits = _peaked(4)
+
+    seen = []
+    for _ in range(4):
+        sampler.choose(logits, [])
+        seen.append(sampler.top_p)
+
+    assert seen == pytest.approx([0.4, 0.2, 0.15, 0.15])
+
+
+def test_top_p_resets_on_the_reset_id() -> None:
+    sampler = _decaying(top_p_decay=0.5, top_p_min=0.01, top_p_reset_id=9)
+
+    sampler.choose(_peaked(4), [])
+    sampler.choose(_peaked(4), [])
+    assert sampler.top_p == pytest.approx(0.2)
+    token, _ = sampler.choose(_peaked(9), [])
+    assert token == 9
+    assert sampler.top_p == pytest.approx(0.8)
+    sampler.choose(_peaked(4), [])
+    assert sampler.top_p == pytest.approx(0.4)
+
+
+def test_top_p_without_decay_stays_put() -> None:
+    sampler = _decaying()
+
+    for _ in range(5):
+        sampler.choose(_flat(), [])
+
+    assert sampler.top_p == 0.8
+
+
+def test_decayed_top_p_narrows_the_nucleus() -> None:
+    probs = torch.full((VOCAB,), 0.05 / (VOCAB - 3))
+    probs[10], probs[20], probs[30] = 0.5, 0.3, 0.15
+    steady = _sampler(SamplingParams(top_p=0.7, seed=3))
+    decaying = _sampler(SamplingParams(top_p=0.7, seed=3, top_p_decay=0.5))
+
+    steady_draws = _draws(steady, probs.log(), 300)
+    decayed_draws = _draws(decaying, probs.log(), 300)
+
+    assert set(steady_draws) == {10, 20}
+    # After the first token top_p is 0.35: only the 0.5 token is left in the nucleus.
+    assert set(decayed_draws[1:]) == {10}
