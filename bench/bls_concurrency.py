@@ -356,6 +356,10 @@ def provenance(repository: Path) -> dict[str, Any]:
     }
 
 
+WARMUP_CONCURRENCY, WARMUP_REQUESTS = 2, 4
+DEFAULT_VARIANTS = ["pool", "instances4:bls_instance_count=4,bls_max_concurrent_requests=1"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--concurrency", default="1,4,16", help="comma-separated levels")
@@ -372,7 +376,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--sample-interval", type=float, default=0.2, help="engine gauge polling, s (0: off)"
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=None,
+        metavar="NAME[:FIELD=VALUE,...]",
+        help="a rendering to measure (unary, so decoupled_mode is false); repeatable. "
+        "Default: 'pool' (one BLS instance serving requests concurrently) and "
+        "'instances4' (four instances, one request at a time each)",
+    )
     args = parser.parse_args(argv)
+    variants = [_variant(v) for v in (args.variant or DEFAULT_VARIANTS)]
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
     if not levels or min(levels) < 1:
         parser.error("--concurrency needs positive integers")
@@ -382,8 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(args.requests_per_level)
         return max(3 * level, 8)
 
-    warmup_concurrency, warmup_requests = 2, 4
-    total = warmup_requests + sum(count_for(level) for level in levels)
+    total = WARMUP_REQUESTS + sum(count_for(level) for level in levels)
     texts = prompts(total, args.prompt_words)
     n = args.max_tokens
 
@@ -391,7 +404,68 @@ def main(argv: Sequence[str] | None = None) -> int:
         return bls_inputs(texts[i], n)
 
     model_dir = default_model_dir()
-    params = RenderParams(tokenizer_dir=model_dir, max_batch_size=max(levels))
+    report_variants: list[dict[str, Any]] = []
+    failed = False
+    for name, overrides in variants:
+        params = RenderParams.model_validate(
+            {
+                "tokenizer_dir": model_dir,
+                "max_batch_size": max(levels),
+                "decoupled_mode": False,
+                **overrides,
+            }
+        )
+        print(f"[bls] variant {name}: {overrides}", file=sys.stderr, flush=True)
+        results, where = run_variant(name, params, levels, count_for, make, n, args)
+        report_variants.append(
+            {
+                "name": name,
+                "overrides": overrides,
+                "provenance": where,
+                "levels": [asdict(r) for r in results],
+            }
+        )
+        failed = failed or any(r.errors for r in results)
+        print(f"\n### {name}\n\n{markdown(results)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "benchmark": "bls_concurrency",
+        "model": MODEL,
+        "protocol": "grpc unary infer",
+        "command": [sys.executable, *sys.argv],
+        "max_tokens": n,
+        "min_tokens": n,
+        "prompt_words": args.prompt_words,
+        "warmup": {"concurrency": WARMUP_CONCURRENCY, "requests": WARMUP_REQUESTS},
+        "variants": report_variants,
+    }
+    out = args.out / "bls_concurrency.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {out}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _variant(spec: str) -> tuple[str, dict[str, str]]:
+    name, _, fields = spec.partition(":")
+    overrides: dict[str, str] = {}
+    for item in filter(None, fields.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--variant {spec!r}: expected FIELD=VALUE, got {item!r}")
+        overrides[key] = value
+    return name, overrides
+
+
+def run_variant(
+    name: str,
+    params: RenderParams,
+    levels: list[int],
+    count_for: Callable[[int], int],
+    make: Callable[[int], list[grpcclient.InferInput]],
+    n: int,
+    args: argparse.Namespace,
+) -> tuple[list[LevelResult], dict[str, Any]]:
+    """Start one node with ``params``' repository and measure every level on it."""
     repository = render_cached(params)
     where = provenance(repository)
     print(
@@ -401,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     node = TritonNode(
-        "bls-bench",
+        f"bls-{name}",
         repository,
         locate(),
         NodePorts.ephemeral(),
@@ -413,12 +487,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         node.wait_ready(timeout=240)
         url = node.grpc_url
         warm, _ = run_level(
-            url, warmup_concurrency, range(warmup_requests), make, n, args.timeout_s
+            url, WARMUP_CONCURRENCY, range(WARMUP_REQUESTS), make, n, args.timeout_s
         )
         warm_errors = [r.error for r in warm if r.error is not None]
         if warm_errors:
             print(f"[bls] warm-up errors: {warm_errors[0]}", file=sys.stderr, flush=True)
-        offset = warmup_requests
+        offset = WARMUP_REQUESTS
         for level in levels:
             count = count_for(level)
             indices = range(offset, offset + count)
@@ -451,24 +525,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     finally:
         node.stop()
-    args.out.mkdir(parents=True, exist_ok=True)
-    report = {
-        "benchmark": "bls_concurrency",
-        "model": MODEL,
-        "protocol": "grpc unary infer",
-        "command": [sys.executable, *sys.argv],
-        "max_tokens": n,
-        "min_tokens": n,
-        "prompt_words": args.prompt_words,
-        "warmup": {"concurrency": warmup_concurrency, "requests": warmup_requests},
-        "provenance": where,
-        "levels": [asdict(r) for r in results],
-    }
-    out = args.out / "bls_concurrency.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(markdown(results))
-    print(f"\nwrote {out}", file=sys.stderr)
-    return 1 if any(r.errors for r in results) else 0
+    return results, where
 
 
 if __name__ == "__main__":

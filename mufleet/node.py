@@ -103,6 +103,8 @@ class TritonNode:
             "--load-model=*",
             "--strict-readiness=true",
             "--exit-on-error=true",
+            # Every config.pbtxt is complete (rendered from the contract table).
+            "--disable-auto-complete-config",
             "--log-verbose=0",
             # Unix-socket shared memory regions are per node: a fleet of nodes on one
             # machine must not collide on the default prefix.

@@ -40,7 +40,7 @@ def _request(**overrides: Any) -> dict[str, np.ndarray]:
     return inputs
 
 
-def _parse_request(engine: str = "cpu", **overrides: Any) -> GenerationRequest:
+def _parse_request(engine: str = "cpu", /, **overrides: Any) -> GenerationRequest:
     return parse_request(_request(**overrides), engine, vocab_size=VOCAB, max_context=CONTEXT)
 
 

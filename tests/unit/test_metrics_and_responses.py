@@ -581,7 +581,7 @@ def test_combined_response_prepends_each_rows_prompt() -> None:
     assert tensors["sequence_length"].tolist() == [[4], [4]]
 
 
-# -- optional outputs -------------------------------------------------------------------------------
+# -- optional outputs ---------------------------------------------------------------------------
 PERF = RequestPerf(
     arrival_ns=100,
     first_scheduled_ns=200,
@@ -615,20 +615,39 @@ def test_optional_outputs_only_when_asked(decoupled: bool) -> None:
     assert set(_one_response(decoupled)) == BASE_OUTPUTS
 
 
-@pytest.mark.parametrize("decoupled", [True, False], ids=["decoupled", "combined"])
+COMBINED_GENERATION_LOGITS_BUG = pytest.mark.xfail(
+    reason="BUG: triton_responses.py:236 reshapes the stacked [B*N, tokens, vocab] generation "
+    "logits with rows.shape[2:] (drops the token axis; should be rows.shape[1:]), so a "
+    "combined response asking for generation logits of 2+ tokens fails to build",
+    strict=True,
+)
+FLAG_OUTPUTS: dict[str, set[str]] = {
+    "return_log_probs": {"cum_log_probs", "output_log_probs"},
+    "return_context_logits": {"context_logits"},
+    "return_generation_logits": {"generation_logits"},
+    "return_perf_metrics": set(PERF_OUTPUTS) | set(NO_DRAFT_OUTPUTS),
+    "return_num_input_tokens": {"num_input_tokens"},
+    "return_num_output_tokens": {"num_output_tokens"},
+}
+
+
 @pytest.mark.parametrize(
-    ("flag", "outputs"),
+    ("decoupled", "flag"),
     [
-        ("return_log_probs", {"cum_log_probs", "output_log_probs"}),
-        ("return_context_logits", {"context_logits"}),
-        ("return_generation_logits", {"generation_logits"}),
-        ("return_perf_metrics", set(PERF_OUTPUTS) | set(NO_DRAFT_OUTPUTS)),
-        ("return_num_input_tokens", {"num_input_tokens"}),
-        ("return_num_output_tokens", {"num_output_tokens"}),
+        pytest.param(
+            decoupled,
+            flag,
+            id=f"{flag}-{'decoupled' if decoupled else 'combined'}",
+            marks=COMBINED_GENERATION_LOGITS_BUG
+            if flag == "return_generation_logits" and not decoupled
+            else (),
+        )
+        for decoupled in (True, False)
+        for flag in FLAG_OUTPUTS
     ],
 )
-def test_each_flag_adds_its_outputs(decoupled: bool, flag: str, outputs: set[str]) -> None:
-    assert set(_one_response(decoupled, **{flag: True})) == BASE_OUTPUTS | outputs
+def test_each_flag_adds_its_outputs(decoupled: bool, flag: str) -> None:
+    assert set(_one_response(decoupled, **{flag: True})) == BASE_OUTPUTS | FLAG_OUTPUTS[flag]
 
 
 @pytest.mark.parametrize("decoupled", [True, False], ids=["decoupled", "combined"])
@@ -650,7 +669,13 @@ def test_perf_and_token_count_values(decoupled: bool) -> None:
     assert tensors["num_output_tokens"].tolist() == [[2]]
 
 
-@pytest.mark.parametrize("decoupled", [True, False], ids=["decoupled", "combined"])
+@pytest.mark.parametrize(
+    "decoupled",
+    [
+        pytest.param(True, id="decoupled"),
+        pytest.param(False, id="combined", marks=COMBINED_GENERATION_LOGITS_BUG),
+    ],
+)
 def test_logits_outputs_shapes(decoupled: bool) -> None:
     tensors = _one_response(decoupled, return_context_logits=True, return_generation_logits=True)
 
@@ -659,6 +684,31 @@ def test_logits_outputs_shapes(decoupled: bool) -> None:
     assert (tensors["context_logits"] == 1.0).all()
     assert (tensors["generation_logits"] == 2.0).all()
     assert tensors["context_logits"].dtype == tensors["generation_logits"].dtype == np.float32
+
+
+@pytest.mark.parametrize("decoupled", [True, False], ids=["decoupled", "combined"])
+def test_context_logits_shape(decoupled: bool) -> None:
+    tensors = _one_response(decoupled, return_context_logits=True)
+
+    assert tensors["context_logits"].shape == (1, 3, 4)
+    assert tensors["context_logits"].dtype == np.float32
+    assert (tensors["context_logits"] == 1.0).all()
+
+
+@pytest.mark.xfail(
+    reason="BUG: triton_responses.py:236 reshapes with rows.shape[2:], so one token's "
+    "generation logits come out [B, N, vocab] instead of [B, N, tokens, vocab]",
+    strict=True,
+)
+def test_combined_generation_logits_of_a_single_token() -> None:
+    assembler, sent = _assembler(_request(return_generation_logits=True), decoupled=False)
+
+    assembler.on_event(
+        0, _event(20, finished=True, generation_logits=np.ones((1, 4), dtype=np.float32))
+    )
+
+    (tensors,) = sent.tensors
+    assert tensors["generation_logits"].shape == (1, 1, 1, 4)
 
 
 def test_streamed_logits_go_with_their_tokens() -> None:
@@ -700,10 +750,8 @@ def test_streamed_token_counts_are_cumulative() -> None:
     ]
 
 
-def test_combined_logits_of_a_batch() -> None:
-    request = _request(rows=2, return_context_logits=True, return_generation_logits=True)
-    assembler, sent = _assembler(request, decoupled=False)
-
+def _batch_with_logits(**flags: bool) -> Tensors:
+    assembler, sent = _assembler(_request(rows=2, **flags), decoupled=False)
     assembler.on_event(
         0,
         _event(
@@ -723,18 +771,33 @@ def test_combined_logits_of_a_batch() -> None:
             generation_logits=np.ones((2, 4), dtype=np.float32),
         ),
     )
-
+    assert sent.errors == []
     (tensors,) = sent.tensors
+    return tensors
+
+
+def test_combined_context_logits_of_a_batch() -> None:
+    tensors = _batch_with_logits(return_context_logits=True)
+
     assert tensors["context_logits"].shape == (2, 3, 4)
+    assert tensors["context_logits"][1, :2].tolist() == [[1.0] * 4] * 2
     assert tensors["context_logits"][1, 2].tolist() == [0.0] * 4  # padded past the prompt
+
+
+@COMBINED_GENERATION_LOGITS_BUG
+def test_combined_generation_logits_of_a_batch() -> None:
+    tensors = _batch_with_logits(return_generation_logits=True)
+
     assert tensors["generation_logits"].shape == (2, 1, 2, 4)
-    assert tensors["generation_logits"][0, 0, 1].tolist() == [0.0] * 4
+    assert tensors["generation_logits"][0, 0, 0].tolist() == [1.0] * 4
+    assert tensors["generation_logits"][0, 0, 1].tolist() == [0.0] * 4  # padded
 
 
 @pytest.mark.xfail(
-    reason="BUG: triton_responses.py _stack_padded takes the trailing shape from the first "
-    "array, and a sequence with no tokens has generation_logits of shape [1, 1, 0, 0]; so a "
-    "combined response whose first sequence ended at once (end_id) fails to build",
+    reason="BUG: triton_responses.py:249 _stack_padded takes the trailing shape from the "
+    "first array, and a sequence with no tokens gets generation_logits [1, 1, 0, 0] "
+    "(np.zeros((0, 0)) at line ~180), so a combined response whose first sequence ended at "
+    "once (end_id) fails to build (besides the reshape bug at line 236)",
     strict=True,
 )
 def test_combined_generation_logits_when_a_sequence_has_no_tokens() -> None:
