@@ -136,11 +136,19 @@ def test_a_three_byte_character_over_three_tokens() -> None:
     assert holdback.push([CONT3B]) == [LEAD3, CONT3A, CONT3B]
 
 
-def test_a_token_ending_mid_character_is_held_with_the_rest() -> None:
+def test_tokens_before_a_split_character_go_at_once() -> None:
     holdback = Utf8Holdback(SYNTHETIC)
 
-    assert holdback.push([A, LEAD3_CONT]) == []
-    assert holdback.push([CONT3B]) == [A, LEAD3_CONT, CONT3B]
+    assert holdback.push([A, LEAD3_CONT]) == [A]
+    assert holdback.push([CONT3B]) == [LEAD3_CONT, CONT3B]
+
+
+def test_a_token_completing_one_character_and_starting_another() -> None:
+    holdback = Utf8Holdback(TokenBytes([b"\xc3", b"\xa9\xc3", b"\xa9"]))
+
+    assert holdback.push([0]) == []
+    assert holdback.push([1]) == []  # its bytes end inside the second "é"
+    assert holdback.push([2]) == [0, 1, 2]
 
 
 def test_tokens_without_bytes_do_not_complete_a_character() -> None:
@@ -173,10 +181,24 @@ def test_no_more_than_max_held_tokens_are_held() -> None:
 def test_flush_returns_what_is_held_and_starts_over() -> None:
     holdback = Utf8Holdback(SYNTHETIC)
 
-    holdback.push([A, LEAD2])
-    assert holdback.flush() == [A, LEAD2]
+    assert holdback.push([A, LEAD2]) == [A]
+    assert holdback.flush() == [LEAD2]
     assert holdback.flush() == []
     assert holdback.push([CONT2]) == [CONT2]  # the old lead byte is forgotten
+    assert holdback.push([A]) == [A]
+
+
+@pytest.mark.xfail(
+    reason="BUG: token_bytes.py Utf8Holdback.push cuts at the first held token whose start "
+    "offset is >= the settled offset, so a token without bytes (a special token) that "
+    "follows complete text is held until the next token instead of going at once",
+    strict=True,
+)
+def test_a_token_without_bytes_goes_at_once_when_nothing_is_pending() -> None:
+    holdback = Utf8Holdback(SYNTHETIC)
+
+    assert holdback.push([A]) == [A]
+    assert holdback.push([EMPTY]) == [EMPTY]
 
 
 def test_streaming_the_text_token_by_token_never_splits_a_character(
