@@ -132,4 +132,5 @@ class BlsPipeline:
         for name in self.outputs:
             if name in response:
                 out[name] = response[name]
+        out |= decoded  # output_ids and sequence_length are the ids behind text_output
         return out

@@ -129,6 +129,15 @@ class EngineLoop(Generic[S]):
             return False
         return True
 
+    @staticmethod
+    def _cancelled(seq: S) -> bool:
+        """The owner's ``is_cancelled``; one that raises counts as cancelled (owner gone)."""
+        try:
+            return bool(seq.is_cancelled())  # type: ignore[attr-defined]
+        except Exception:
+            log.exception("a request's is_cancelled callback failed; the request ends")
+            return True
+
     def _emit_stats(self, stats: EngineStats) -> None:
         """Call :attr:`on_step`; a failing hook is logged once and never stops the engine."""
         if self.on_step is None:

@@ -212,8 +212,11 @@ def parse_request(
         return_num_output_tokens=_flag(inputs, "return_num_output_tokens", batch, False),
     )
     returns = {
-        int(_scalar(inputs.get("num_return_sequences"), row, batch, "num_return_sequences") or 1)
-        for row in range(batch)
+        1 if value is None else int(value)
+        for value in (
+            _scalar(inputs.get("num_return_sequences"), row, batch, "num_return_sequences")
+            for row in range(batch)
+        )
     }
     if len(returns) != 1:
         raise InvalidGenerationError("num_return_sequences must be the same for every row")

@@ -109,8 +109,9 @@ def preprocess(inputs: Mapping[str, np.ndarray], encoder: TextEncoder) -> dict[s
         for row in range(batch)
     ]
     longest = max(e.input_ids.size for e in encoded)
-    input_ids = np.full((batch, longest), encoded[0].pad_id, dtype=np.int32)
+    input_ids = np.empty((batch, longest), dtype=np.int32)
     for row, e in enumerate(encoded):
+        input_ids[row] = e.pad_id  # each row padded with its own pad id
         input_ids[row, : e.input_ids.size] = e.input_ids
     column = np.int32
     outputs = {

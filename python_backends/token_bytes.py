@@ -96,12 +96,14 @@ class Utf8Holdback:
             self._held.append((token_id, self._offset))
             self._offset += len(data)
             self._decoder.decode(data)
-            settled = self._offset - len(self._decoder.getstate()[0])
-            cut = next(
-                (i for i, (_, start) in enumerate(self._held) if start >= settled),
-                len(self._held),
-            )
-            if cut and (cut == len(self._held) or self._held[cut][1] == settled):
+            pending = len(self._decoder.getstate()[0])
+            if pending == 0:  # every byte so far decoded: a boundary after this token
+                cut = len(self._held)
+            else:  # a boundary only where the pending character starts a token
+                settled = self._offset - pending
+                starts = [start for _, start in self._held]
+                cut = starts.index(settled) if settled in starts else 0
+            if cut:
                 ready.extend(t for t, _ in self._held[:cut])
                 del self._held[:cut]
         if len(self._held) >= MAX_HELD_TOKENS:

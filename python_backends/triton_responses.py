@@ -59,7 +59,9 @@ class _Sequence:
     """Tokens of ``tokens`` already streamed (the rest is held back)."""
     cum_log_prob: float = 0.0
     perf: RequestPerf | None = None
-    sequence_length: int | None = None
+    misreported: int = 0
+    """Tokens an engine's own ``sequence_length`` claims beyond what it sent, not yet
+    reported (only a faulty engine makes this non-zero)."""
     ended: bool = False
 
 
@@ -134,7 +136,7 @@ class ResponseAssembler:
             seq.context_logits = np.asarray(event.context_logits, dtype=np.float32)
         seq.perf = event.perf or seq.perf
         if event.sequence_length is not None:
-            seq.sequence_length = event.sequence_length
+            seq.misreported += event.sequence_length - len(event.token_ids)
 
     # -- decoupled: one response per event ------------------------------------------------
     def _stream(self, seq: _Sequence, event: TokenEvent) -> None:
@@ -162,8 +164,8 @@ class ResponseAssembler:
         if not streamed and not options.exclude_input_in_output:
             ids = [*spec.input_ids, *ids]
         length = len(ids)
-        if seq.sequence_length is not None:  # a faulty engine's own (wrong) count
-            length = seq.sequence_length + (length - len(tokens))
+        length += seq.misreported  # a faulty engine's own (wrong) count goes through
+        seq.misreported = 0
         out: Tensors = {
             "output_ids": np.asarray(ids, dtype=np.int32).reshape(1, 1, -1),
             "sequence_length": np.array([[length]], dtype=np.int32),
@@ -233,7 +235,7 @@ class ResponseAssembler:
             out["context_logits"] = _stack_padded([p.get("context_logits") for p in firsts])
         if self.options.return_generation_logits:
             rows = _stack_padded([p["generation_logits"][0] for p in parts])
-            out["generation_logits"] = rows.reshape(batch, per_row, *rows.shape[2:])
+            out["generation_logits"] = rows.reshape(batch, per_row, *rows.shape[1:])
         for name in parts[0]:
             if name not in out:
                 out[name] = np.concatenate([p[name] for p in firsts])
@@ -242,13 +244,13 @@ class ResponseAssembler:
 
 def _stack_padded(arrays: list[np.ndarray | None]) -> np.ndarray:
     """Stack ``[1, n_i, ...]`` arrays along axis 0, zero-padding axis 1 to the longest."""
-    present = [a for a in arrays if a is not None]
+    present = [a for a in arrays if a is not None and a.shape[1] > 0]
     if not present:
         return np.zeros((len(arrays), 0, 0), dtype=np.float32)
     width = max(a.shape[1] for a in present)
     tail = present[0].shape[2:]
     out = np.zeros((len(arrays), width, *tail), dtype=np.float32)
     for i, a in enumerate(arrays):
-        if a is not None:
+        if a is not None and a.shape[1] > 0:
             out[i, : a.shape[1]] = a[0]
     return out

@@ -243,7 +243,7 @@ class CpuEngine(EngineLoop[_Sequence]):
         )
 
     def _accept(self, seq: _Sequence, logits: torch.Tensor) -> None:
-        if seq.is_cancelled():
+        if self._cancelled(seq):
             self._fail(seq, "cancelled")
             return
         token, log_prob = seq.sampler.choose(logits, seq.generated)

@@ -206,7 +206,7 @@ class SimEngine(EngineLoop[_SimSequence]):
 
     def _drop_cancelled(self) -> None:
         for seq in self._running:
-            if not self._finished(seq) and seq.is_cancelled():
+            if not self._finished(seq) and self._cancelled(seq):
                 self._fail(seq, "cancelled")
         self._running = [s for s in self._running if not self._finished(s)]
 
@@ -270,7 +270,7 @@ class SimEngine(EngineLoop[_SimSequence]):
                     done,
                     reason,
                     cached_tokens=seq.cached_tokens,
-                    sequence_length=3 if faults.garbage else 1,
+                    sequence_length=3 if faults.garbage else None,
                     perf=self._perf(seq),
                 ),
             )

@@ -27,9 +27,9 @@ from python_backends.contract import (
     refusal,
 )
 
-UPSTREAM = json.loads(
-    (Path(__file__).parents[1] / "data" / "upstream_contract.json").read_text()
-)["models"]
+UPSTREAM = json.loads((Path(__file__).parents[1] / "data" / "upstream_contract.json").read_text())[
+    "models"
+]
 TEMPLATE_TYPES = {
     "${logits_datatype}": "TYPE_FP32",
     "${prompt_embedding_table_data_type}": "TYPE_FP16",

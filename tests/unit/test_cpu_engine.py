@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from python_backends.cpu_engine.engine import CpuEngine, EngineConfig
+from python_backends.cpu_engine.engine import CpuEngine, EngineConfig, _Sequence
 from python_backends.cpu_engine.prefix_cache import PrefixCache
 from python_backends.engine_types import EngineStats, TokenEvent
 from python_backends.generation import GenerationSpec
@@ -374,3 +374,52 @@ def test_on_step_receives_stats(engine: CpuEngine) -> None:
 
     assert seen[0] == 1
     assert seen[-1] == 0
+
+
+# -- failures inside model work --------------------------------------------------------------
+def test_a_failing_prefill_fails_only_its_request(
+    engine: CpuEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = engine._prefill
+
+    def prefill(seq: _Sequence) -> None:
+        if seq.spec.input_ids == PROMPTS[1]:
+            raise RuntimeError("out of memory")
+        real(seq)
+
+    monkeypatch.setattr(engine, "_prefill", prefill)
+    broken, fine = Collector(), Collector()
+    engine.submit(_spec(PROMPTS[1], 4), broken)
+    engine.submit(_spec(PROMPTS[0], 4), fine)
+    _drain(engine)
+
+    assert broken.finished and len(broken.events) == 1
+    assert broken.last.finish_reason == "error"
+    assert broken.last.error == "prefill failed: out of memory"
+    assert fine.last.error is None and len(fine.tokens) == 4
+    assert engine.dead_reason is None
+
+
+def test_a_failing_decode_fails_its_batch_and_the_engine_goes_on(
+    engine: CpuEngine, monkeypatch: pytest.MonkeyPatch, solo_outputs: list[list[int]]
+) -> None:
+    real = engine._decode
+    failures = [RuntimeError("bad kernel")]
+
+    def decode(batch: list[_Sequence]) -> None:
+        if failures:
+            raise failures.pop()
+        real(batch)
+
+    monkeypatch.setattr(engine, "_decode", decode)
+    outs = [Collector(), Collector()]
+    for prompt, out in zip(PROMPTS[:2], outs, strict=True):
+        engine.submit(_spec(prompt, 6, streaming=True), out)
+    _drain(engine)
+
+    for out in outs:
+        assert len(out.events) == 2  # the prefill's token, then the error
+        assert out.last.error == "decode failed: bad kernel"
+    after = _generate(engine, _spec(PROMPTS[0], MAX_NEW[0]))
+    assert after.tokens == solo_outputs[0]
+    assert engine.dead_reason is None

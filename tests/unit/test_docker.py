@@ -13,7 +13,6 @@ import os
 import re
 import shlex
 import shutil
-import string
 import subprocess
 import sys
 from pathlib import Path

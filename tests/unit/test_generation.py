@@ -471,11 +471,6 @@ def test_num_return_sequences_out_of_range(count: int) -> None:
         _parse_request(num_return_sequences=[[count]])
 
 
-@pytest.mark.xfail(
-    reason="BUG: generation.py parse_request reads num_return_sequences as "
-    "`int(_scalar(...) or 1)`, so an explicit 0 is taken as absent and serves 1 sequence",
-    strict=True,
-)
 def test_num_return_sequences_zero_is_refused() -> None:
     with pytest.raises(InvalidGenerationError, match="num_return_sequences"):
         _parse_request(num_return_sequences=[[0]])

@@ -417,13 +417,6 @@ def test_held_back_tokens_are_flushed_at_the_end() -> None:
     assert float(last["cum_log_probs"][0, 0]) == pytest.approx(-1.0)
 
 
-@pytest.mark.xfail(
-    reason="BUG: triton_responses.py ResponseAssembler._tensors reports the last event's "
-    "sequence_length (sticky in _absorb) for a chunk of held-back tokens, and the sim engine "
-    "(sim_engine/engine.py _next_token) sets sequence_length=1 on every streamed event, so "
-    "a released chunk of 2 tokens says sequence_length 1 and postprocessing drops a token",
-    strict=True,
-)
 def test_released_chunk_reports_its_own_length_when_events_carry_one() -> None:
     assembler, sent = _assembler(_request(streaming=True), decoupled=True, holdback=True)
 
@@ -615,12 +608,6 @@ def test_optional_outputs_only_when_asked(decoupled: bool) -> None:
     assert set(_one_response(decoupled)) == BASE_OUTPUTS
 
 
-COMBINED_GENERATION_LOGITS_BUG = pytest.mark.xfail(
-    reason="BUG: triton_responses.py:236 reshapes the stacked [B*N, tokens, vocab] generation "
-    "logits with rows.shape[2:] (drops the token axis; should be rows.shape[1:]), so a "
-    "combined response asking for generation logits of 2+ tokens fails to build",
-    strict=True,
-)
 FLAG_OUTPUTS: dict[str, set[str]] = {
     "return_log_probs": {"cum_log_probs", "output_log_probs"},
     "return_context_logits": {"context_logits"},
@@ -638,9 +625,6 @@ FLAG_OUTPUTS: dict[str, set[str]] = {
             decoupled,
             flag,
             id=f"{flag}-{'decoupled' if decoupled else 'combined'}",
-            marks=COMBINED_GENERATION_LOGITS_BUG
-            if flag == "return_generation_logits" and not decoupled
-            else (),
         )
         for decoupled in (True, False)
         for flag in FLAG_OUTPUTS
@@ -673,7 +657,7 @@ def test_perf_and_token_count_values(decoupled: bool) -> None:
     "decoupled",
     [
         pytest.param(True, id="decoupled"),
-        pytest.param(False, id="combined", marks=COMBINED_GENERATION_LOGITS_BUG),
+        pytest.param(False, id="combined"),
     ],
 )
 def test_logits_outputs_shapes(decoupled: bool) -> None:
@@ -695,11 +679,6 @@ def test_context_logits_shape(decoupled: bool) -> None:
     assert (tensors["context_logits"] == 1.0).all()
 
 
-@pytest.mark.xfail(
-    reason="BUG: triton_responses.py:236 reshapes with rows.shape[2:], so one token's "
-    "generation logits come out [B, N, vocab] instead of [B, N, tokens, vocab]",
-    strict=True,
-)
 def test_combined_generation_logits_of_a_single_token() -> None:
     assembler, sent = _assembler(_request(return_generation_logits=True), decoupled=False)
 
@@ -784,7 +763,6 @@ def test_combined_context_logits_of_a_batch() -> None:
     assert tensors["context_logits"][1, 2].tolist() == [0.0] * 4  # padded past the prompt
 
 
-@COMBINED_GENERATION_LOGITS_BUG
 def test_combined_generation_logits_of_a_batch() -> None:
     tensors = _batch_with_logits(return_generation_logits=True)
 
@@ -793,13 +771,6 @@ def test_combined_generation_logits_of_a_batch() -> None:
     assert tensors["generation_logits"][0, 0, 1].tolist() == [0.0] * 4  # padded
 
 
-@pytest.mark.xfail(
-    reason="BUG: triton_responses.py:249 _stack_padded takes the trailing shape from the "
-    "first array, and a sequence with no tokens gets generation_logits [1, 1, 0, 0] "
-    "(np.zeros((0, 0)) at line ~180), so a combined response whose first sequence ended at "
-    "once (end_id) fails to build (besides the reshape bug at line 236)",
-    strict=True,
-)
 def test_combined_generation_logits_when_a_sequence_has_no_tokens() -> None:
     request = _request(num_return=2, return_generation_logits=True)
     assembler, sent = _assembler(request, decoupled=False)

@@ -171,3 +171,70 @@ def test_decode_marks_unknown_ids(encoder: TextEncoder, decoder: TextDecoder) ->
     (text,) = decoder.decode(np.asarray([[*ids, unknown]]), np.array([len(ids) + 1]))
 
     assert text == (TEXT + "\ufffd").encode("utf-8")
+
+
+# -- decode_batch: TOKENS_BATCH [B, beams, n] → OUTPUT [B, beams] ----------------------------
+def test_decode_batch_shapes_b_by_beams(encoder: TextEncoder, decoder: TextDecoder) -> None:
+    words = ["hello", " world", " the", " scheduler", " admitted", " requests"]
+    ids = [_plain(encoder, w) for w in words]
+    width = max(len(i) for i in ids)
+    tokens = np.zeros((2, 3, width), dtype=np.int32)
+    lengths = np.zeros((2, 3), dtype=np.int32)
+    for n, word_ids in enumerate(ids):
+        tokens[n // 3, n % 3, : len(word_ids)] = word_ids
+        lengths[n // 3, n % 3] = len(word_ids)
+
+    out = decoder.decode_batch(tokens, lengths)
+
+    assert out.shape == (2, 3)
+    assert out.dtype == np.object_
+    assert out.tolist() == [[w.encode() for w in words[:3]], [w.encode() for w in words[3:]]]
+
+
+def test_decode_batch_of_one_beam(encoder: TextEncoder, decoder: TextDecoder) -> None:
+    ids = _plain(encoder, TEXT)
+
+    out = decoder.decode_batch(np.asarray([[ids]], dtype=np.int32), np.array([[len(ids)]]))
+
+    assert out.shape == (1, 1)
+    assert out[0, 0] == TEXT.encode("utf-8")
+
+
+def test_decode_batch_accepts_beams_without_a_batch_dim(
+    encoder: TextEncoder, decoder: TextDecoder
+) -> None:
+    ids = _plain(encoder, TEXT)
+
+    out = decoder.decode_batch(np.asarray([ids, ids], dtype=np.int32), np.array([len(ids), 2]))
+
+    assert out.shape == (1, 2)
+    assert out[0, 0] == TEXT.encode("utf-8")
+    assert out[0, 1] == str(encoder.tokenizer.decode(ids[:2])).encode("utf-8")
+
+
+def test_decode_batch_with_flat_lengths(encoder: TextEncoder, decoder: TextDecoder) -> None:
+    ids = _plain(encoder, TEXT)
+    tokens = np.asarray([[ids], [ids]], dtype=np.int32)
+
+    out = decoder.decode_batch(tokens, np.array([len(ids), 1]))
+
+    assert out.shape == (2, 1)
+    assert out[1, 0] == str(encoder.tokenizer.decode(ids[:1])).encode("utf-8")
+
+
+def test_decode_batch_of_empty_sequences(decoder: TextDecoder) -> None:
+    out = decoder.decode_batch(np.zeros((2, 2, 0), dtype=np.int32), np.zeros((2, 2), np.int32))
+
+    assert out.shape == (2, 2)
+    assert out.tolist() == [[b"", b""], [b"", b""]]
+
+
+def test_decode_skips_special_tokens_unless_asked(
+    encoder: TextEncoder, decoder: TextDecoder, tiny_model_dir: Path
+) -> None:
+    ids = [encoder.tokenizer.bos_token_id, *_plain(encoder, TEXT)]
+    keep = TextDecoder(tiny_model_dir, skip_special_tokens=False)
+
+    assert decoder.decode(np.asarray([ids]), np.array([len(ids)])) == [TEXT.encode()]
+    (kept,) = keep.decode(np.asarray([ids]), np.array([len(ids)]))
+    assert kept.startswith(str(encoder.tokenizer.bos_token).encode())

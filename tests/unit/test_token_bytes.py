@@ -144,11 +144,14 @@ def test_tokens_before_a_split_character_go_at_once() -> None:
 
 
 def test_a_token_completing_one_character_and_starting_another() -> None:
-    holdback = Utf8Holdback(TokenBytes([b"\xc3", b"\xa9\xc3", b"\xa9"]))
+    table = TokenBytes([b"\xc3", b"\xa9\xc3", b"\xa9"])  # "é" "é" over three tokens
+    holdback = Utf8Holdback(table)
 
-    assert holdback.push([0]) == []
-    assert holdback.push([1]) == []  # its bytes end inside the second "é"
-    assert holdback.push([2]) == [0, 1, 2]
+    chunks = [holdback.push([0]), holdback.push([1]), holdback.push([2]), holdback.flush()]
+
+    assert [t for chunk in chunks for t in chunk] == [0, 1, 2]
+    for chunk in chunks:
+        b"".join(table.of(t) for t in chunk).decode("utf-8")  # raises on half a character
 
 
 def test_tokens_without_bytes_do_not_complete_a_character() -> None:
@@ -188,12 +191,6 @@ def test_flush_returns_what_is_held_and_starts_over() -> None:
     assert holdback.push([A]) == [A]
 
 
-@pytest.mark.xfail(
-    reason="BUG: token_bytes.py Utf8Holdback.push cuts at the first held token whose start "
-    "offset is >= the settled offset, so a token without bytes (a special token) that "
-    "follows complete text is held until the next token instead of going at once",
-    strict=True,
-)
 def test_a_token_without_bytes_goes_at_once_when_nothing_is_pending() -> None:
     holdback = Utf8Holdback(SYNTHETIC)
 
@@ -273,3 +270,52 @@ def test_streamed_text_without_holdback_would_split_characters(
 ) -> None:
     """What the holdback prevents: decoding token by token gives U+FFFD."""
     assert any("\ufffd" in _decode(decoder, [t]) for t in text_ids)
+
+
+# -- end to end: the sim engine's stream through the assembler, decoded as postprocessing does --
+SIM_PROFILE = Path(__file__).resolve().parents[1] / "data" / "sim_test_gpu.json"
+
+
+def test_sim_stream_decodes_chunk_by_chunk_to_the_whole_text(
+    token_bytes: TokenBytes, decoder: TextDecoder, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    from python_backends.sim_engine.engine import SimConfig, SimEngine
+    from python_backends.sim_engine.hardware import HardwareProfile
+
+    engine = SimEngine(
+        SimConfig(HardwareProfile.load(SIM_PROFILE), len(tokenizer), max_num_sequences=2)
+    )
+    engine.sleep = lambda seconds: None
+    request = parse_request(
+        {
+            "input_ids": np.array([[11, 12, 13]], dtype=np.int32),
+            "input_lengths": np.array([[3]], dtype=np.int32),
+            "request_output_len": np.array([[200]], dtype=np.int32),
+            "streaming": np.array([[True]]),
+        },
+        "sim",
+        vocab_size=engine.vocab_size,
+        max_context=engine.max_context,
+    )
+    responses: list[Tensors] = []
+    assembler = ResponseAssembler(
+        request,
+        lambda tensors, error, final: responses.append(tensors) if tensors else None,
+        True,
+        lambda: Utf8Holdback(token_bytes),
+    )
+    engine.submit(request.specs[0], assembler.emitter(0))
+    for _ in range(300):
+        engine.step()
+        if engine.stats.active == 0 and engine.stats.waiting == 0:
+            break
+
+    chunks = [r["output_ids"].reshape(-1).tolist() for r in responses]
+    all_ids = [t for chunk in chunks for t in chunk]
+    assert len(all_ids) == 200
+    assert any(len(chunk) > 1 for chunk in chunks)  # the holdback joined tokens
+    texts = [
+        decoder.decode_batch(r["output_ids"], r["sequence_length"])[0, 0].decode()
+        for r in responses
+    ]
+    assert "".join(texts) == _decode(decoder, all_ids)

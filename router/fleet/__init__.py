@@ -1,0 +1,42 @@
+"""The fleet as the router sees it: node metrics, the node table and the metrics scraper.
+
+:mod:`router.fleet.metrics` parses a node's Prometheus page (pure), :mod:`router.fleet.table`
+holds per-node state, ledgers and snapshots for policies (pure), and
+:mod:`router.fleet.scraper` polls every node into the table (asyncio).
+"""
+
+from router.fleet.metrics import (
+    ENGINE_MODEL,
+    MetricsDelta,
+    MetricsParseError,
+    NodeMetrics,
+    delta,
+    parse_node_metrics,
+)
+from router.fleet.scraper import Fetch, HttpxFetch, MetricsScraper
+from router.fleet.table import (
+    DEFAULT_MODELS,
+    NodeConfig,
+    NodeEntry,
+    NodeTable,
+    Transition,
+    UnknownNodeError,
+)
+
+__all__ = [
+    "DEFAULT_MODELS",
+    "ENGINE_MODEL",
+    "Fetch",
+    "HttpxFetch",
+    "MetricsDelta",
+    "MetricsParseError",
+    "MetricsScraper",
+    "NodeConfig",
+    "NodeEntry",
+    "NodeMetrics",
+    "NodeTable",
+    "Transition",
+    "UnknownNodeError",
+    "delta",
+    "parse_node_metrics",
+]

@@ -1,0 +1,515 @@
+"""The node table: what the router knows about each Triton node, and the snapshots policies see.
+
+Per node: its configuration, its health state (with reason, since when, and a bounded history
+of transitions), the router's own in-flight ledger (requests sent and not yet finished, and the
+MU they hold), the latest two metric scrapes, scrape errors and the MU reserved for open agent
+sessions. :meth:`NodeTable.snapshot` turns that into one
+:class:`~router.policies.base.NodeSnapshot` per node for a routing policy.
+
+Pure and single-threaded: every method that depends on time takes ``now`` (the caller's clock,
+the same one the scraper stamps metrics with); nothing here does I/O or locks. In the
+router it is touched from the event loop only.
+
+Snapshots are cheap enough to take per request: a node's snapshot fields are rebuilt only
+after something about it changed, and a node whose metrics age is unchanged (never scraped,
+or the same ``now``) returns the very same object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from router.fleet.metrics import ENGINE_MODEL, MetricsDelta, NodeMetrics, delta
+from router.policies.base import NodeSnapshot, NodeState
+
+__all__ = [
+    "DEFAULT_MODELS",
+    "NodeConfig",
+    "NodeEntry",
+    "NodeTable",
+    "Transition",
+    "UnknownNodeError",
+]
+
+DEFAULT_MODELS: tuple[str, ...] = ("ensemble", "tensorrt_llm_bls")
+"""The text front doors every node serves."""
+
+
+class UnknownNodeError(KeyError):
+    """No node of that name is in the table."""
+
+    def __init__(self, name: str, known: Sequence[str] = ()) -> None:
+        super().__init__(name)
+        self.name = name
+        shown = ", ".join(sorted(known)[:8]) + (", …" if len(known) > 8 else "")
+        self.message = f"unknown node {name!r}" + (f" (known: {shown})" if known else "")
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _check_port(port: int | None, what: str, required: bool) -> None:
+    if port is None:
+        if required:
+            raise ValueError(f"{what} needs a port")
+        return
+    if not 0 < port < 65536:
+        raise ValueError(f"{what} has port {port} outside 1..65535")
+
+
+def _check_http(value: str, what: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{what} must start with http:// or https://, got {value!r}")
+    if not parts.hostname:
+        raise ValueError(f"{what} has no host: {value!r}")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{what} has a bad port: {value!r}") from exc
+    _check_port(port, what, required=False)
+    return value
+
+
+class NodeConfig(BaseModel):
+    """How to reach one Triton node and what it serves."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    grpc_url: str
+    """``host:port`` of the KServe v2 gRPC endpoint (what ``tritonclient.grpc.aio`` takes)."""
+    http_url: str
+    """``http://host:port`` of the HTTP endpoint (health, repository API)."""
+    metrics_url: str
+    """``http://host:port/metrics``."""
+    pair: str = Field(min_length=1)
+    """The pair profile that prices work here: its name, or the path of its JSON file."""
+    models: list[str] = Field(default_factory=lambda: list(DEFAULT_MODELS), min_length=1)
+    """Triton models the router may send to this node."""
+    engine_model: str = Field(default=ENGINE_MODEL, min_length=1)
+    """The engine model whose queue and counters the metrics describe."""
+    capacity_mu_s: float | None = Field(default=None, gt=0)
+    """Overrides the pair profile's capacity (MU/s) for this node."""
+
+    @field_validator("grpc_url")
+    @classmethod
+    def _grpc(cls, value: str) -> str:
+        if "://" in value or "/" in value:
+            raise ValueError(f"grpc_url is host:port without a scheme or path, got {value!r}")
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"grpc_url must be host:port, got {value!r}")
+        _check_port(int(port), "grpc_url", required=True)
+        return value
+
+    @field_validator("http_url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        value = _check_http(value, "http_url").rstrip("/")
+        if urlsplit(value).path:
+            raise ValueError(f"http_url is http://host:port without a path, got {value!r}")
+        return value
+
+    @field_validator("metrics_url")
+    @classmethod
+    def _metrics(cls, value: str) -> str:
+        return _check_http(value, "metrics_url")
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, value: list[str]) -> list[str]:
+        if any(not m for m in value) or len(set(value)) != len(value):
+            raise ValueError(f"models must be distinct non-empty names, got {value}")
+        return value
+
+    @classmethod
+    def local(
+        cls, index: int, pair: str, *, host: str = "127.0.0.1", base_port: int = 8000, **kw: Any
+    ) -> NodeConfig:
+        """Node ``index`` of a local fleet (HTTP ``base+10i``, gRPC ``+1``, metrics ``+2``)."""
+        first = base_port + 10 * index
+        kw.setdefault("name", f"node{index}")
+        return cls(
+            grpc_url=f"{host}:{first + 1}",
+            http_url=f"http://{host}:{first}",
+            metrics_url=f"http://{host}:{first + 2}/metrics",
+            pair=pair,
+            **kw,
+        )
+
+
+class Transition(NamedTuple):
+    """One change of a node's health state."""
+
+    at: float
+    from_state: NodeState
+    to_state: NodeState
+    reason: str
+
+
+@dataclass(eq=False)
+class NodeEntry:
+    """Everything the table holds about one node. Read it; change it through the table."""
+
+    config: NodeConfig
+    capacity_mu_s: float
+    state: NodeState
+    reason: str
+    since: float
+    history: deque[Transition]
+    operator_hold: bool = False
+    """Set by an operator's cordon/drain and cleared by uncordon; the health machine must not
+    make the node routable while it is set."""
+    metrics: NodeMetrics | None = None
+    prev_metrics: NodeMetrics | None = None
+    reserved_mu: float = 0.0
+    inflight: dict[str, float] = field(default_factory=dict)
+    """request id → MU it holds."""
+    inflight_mu: float = 0.0
+    requests_started: int = 0
+    requests_finished: int = 0
+    mu_started: float = 0.0
+    mu_finished: float = 0.0
+    last_finished_at: float | None = None
+    scrape_failures: int = 0
+    """Consecutive failed scrapes (0 after a good one)."""
+    scrape_failures_total: int = 0
+    last_scrape_error: str | None = None
+    last_scrape_error_at: float | None = None
+    # Snapshot cache: fields without metrics_age_s (None: rebuild) and the last snapshot.
+    _fields: dict[str, Any] | None = None
+    _snapshot: NodeSnapshot | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def inflight_requests(self) -> int:
+        return len(self.inflight)
+
+    def metrics_age_s(self, now: float) -> float:
+        """Seconds since the last good scrape; ``inf`` when never scraped."""
+        if self.metrics is None:
+            return math.inf
+        return max(now - self.metrics.scraped_at, 0.0)
+
+    def changed(self) -> None:
+        """Something a snapshot shows changed: rebuild it on the next :meth:`NodeTable.snapshot`."""
+        self._fields = None
+        self._snapshot = None
+
+
+_SNAPSHOT_FIELDS = tuple(f.name for f in dataclasses.fields(NodeSnapshot))
+# Building a frozen dataclass through __init__ costs ~1.3 µs (one object.__setattr__ per field);
+# filling the instance dict of an unslotted one directly costs ~0.2 µs. The result is the same
+# object (tested against the constructor); if NodeSnapshot ever gains slots or a __post_init__,
+# the constructor is used instead.
+_FAST_SNAPSHOT = (
+    not hasattr(NodeSnapshot, "__slots__")
+    and not hasattr(NodeSnapshot, "__post_init__")
+    and set(_SNAPSHOT_FIELDS)
+    == {
+        "name",
+        "pair",
+        "models",
+        "capacity_mu_s",
+        "state",
+        "inflight_mu",
+        "inflight_requests",
+        "queued_requests",
+        "kv_used_fraction",
+        "metrics_age_s",
+        "reserved_mu",
+    }
+)
+
+
+def _make_snapshot(fields: dict[str, Any], age: float) -> NodeSnapshot:
+    if _FAST_SNAPSHOT:
+        snap = object.__new__(NodeSnapshot)
+        attrs = snap.__dict__
+        attrs.update(fields)
+        attrs["metrics_age_s"] = age
+        return snap
+    return NodeSnapshot(**fields, metrics_age_s=age)
+
+
+class NodeTable:
+    """The fleet's nodes, their states and ledgers; produces :class:`NodeSnapshot` lists.
+
+    ``capacity_of(pair)`` gives a pair's capacity in MU/s (e.g. from its
+    :class:`~router.cost_model.CostModel`); a node's ``capacity_mu_s`` overrides it. Nodes start
+    :attr:`NodeState.HEALTHY` at ``now`` (0.0 unless given).
+    """
+
+    def __init__(
+        self,
+        nodes: Sequence[NodeConfig],
+        capacity_of: Callable[[str], float],
+        *,
+        now: float = 0.0,
+        history_len: int = 64,
+    ) -> None:
+        if history_len < 1:
+            raise ValueError(f"history_len must be >= 1, got {history_len}")
+        self._entries: dict[str, NodeEntry] = {}
+        for config in nodes:
+            if config.name in self._entries:
+                raise ValueError(f"duplicate node name {config.name!r}")
+            capacity = config.capacity_mu_s
+            if capacity is None:
+                capacity = float(capacity_of(config.pair))
+            if not (math.isfinite(capacity) and capacity > 0):
+                raise ValueError(
+                    f"node {config.name!r}: capacity of pair {config.pair!r} must be a finite "
+                    f"number > 0 MU/s, got {capacity}"
+                )
+            self._entries[config.name] = NodeEntry(
+                config=config,
+                capacity_mu_s=capacity,
+                state=NodeState.HEALTHY,
+                reason="initial",
+                since=now,
+                history=deque(maxlen=history_len),
+            )
+        self._order = list(self._entries.values())
+
+    # -- lookup ----------------------------------------------------------------------------
+
+    @property
+    def names(self) -> list[str]:
+        return [e.name for e in self._order]
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[NodeEntry]:
+        return iter(self._order)
+
+    def entry(self, name: str) -> NodeEntry:
+        """The node's entry; raises :class:`UnknownNodeError`."""
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UnknownNodeError(name, list(self._entries)) from None
+
+    def config(self, name: str) -> NodeConfig:
+        return self.entry(name).config
+
+    def state(self, name: str) -> NodeState:
+        return self.entry(name).state
+
+    # -- in-flight ledger ------------------------------------------------------------------
+
+    def start(self, node: str, request_id: str, mu: float, now: float) -> None:
+        """The router sent ``request_id`` (estimated at ``mu``) to ``node``.
+
+        Idempotent: starting a request already in flight on the node changes nothing.
+        """
+        e = self.entry(node)
+        if not (math.isfinite(mu) and mu >= 0):
+            raise ValueError(f"mu must be a finite number >= 0, got {mu}")
+        if request_id in e.inflight:
+            return
+        e.inflight[request_id] = mu
+        e.inflight_mu += mu
+        e.requests_started += 1
+        e.mu_started += mu
+        e.changed()
+
+    def finish(self, node: str, request_id: str, now: float) -> float:
+        """``request_id`` ended on ``node`` (any outcome); returns the MU it held.
+
+        Idempotent: a request that is not in flight there (already finished, never started)
+        returns 0.0 and changes nothing.
+        """
+        e = self.entry(node)
+        mu = e.inflight.pop(request_id, None)
+        if mu is None:
+            return 0.0
+        # Recomputing at zero stops float drift from leaving a phantom residue.
+        e.inflight_mu = e.inflight_mu - mu if e.inflight else 0.0
+        e.requests_finished += 1
+        e.mu_finished += mu
+        e.last_finished_at = now
+        e.changed()
+        return mu
+
+    def inflight(self, node: str) -> Mapping[str, float]:
+        """A copy of the node's in-flight requests (id → MU)."""
+        return dict(self.entry(node).inflight)
+
+    def set_reserved(self, reserved: Mapping[str, float]) -> None:
+        """Replace every node's reserved MU (nodes not named get 0)."""
+        for name, mu in reserved.items():
+            self.entry(name)
+            if not (math.isfinite(mu) and mu >= 0):
+                raise ValueError(f"reserved MU of {name!r} must be finite and >= 0, got {mu}")
+        for e in self._order:
+            mu = float(reserved.get(e.name, 0.0))
+            if mu != e.reserved_mu:
+                e.reserved_mu = mu
+                e.changed()
+
+    # -- metrics ---------------------------------------------------------------------------
+
+    def update_metrics(self, node: str, metrics: NodeMetrics) -> bool:
+        """Record a good scrape; the previous one is kept for :meth:`delta`.
+
+        A scrape no newer than the current one is ignored (returns False).
+        """
+        e = self.entry(node)
+        if e.metrics is not None and metrics.scraped_at <= e.metrics.scraped_at:
+            return False
+        e.prev_metrics, e.metrics = e.metrics, metrics
+        e.scrape_failures = 0
+        e.changed()
+        return True
+
+    def record_scrape_error(self, node: str, error: str, now: float) -> None:
+        """A scrape of ``node`` failed (the last good metrics stay, and age)."""
+        e = self.entry(node)
+        e.scrape_failures += 1
+        e.scrape_failures_total += 1
+        e.last_scrape_error = error
+        e.last_scrape_error_at = now
+
+    def delta(self, node: str) -> MetricsDelta | None:
+        """Rates between the node's last two scrapes; ``None`` before it has two."""
+        e = self.entry(node)
+        if e.metrics is None or e.prev_metrics is None:
+            return None
+        return delta(e.prev_metrics, e.metrics)
+
+    # -- state -----------------------------------------------------------------------------
+
+    def transition(self, node: str, state: NodeState | str, reason: str, now: float) -> bool:
+        """Move ``node`` to ``state``; returns whether the state changed.
+
+        A change is recorded in the node's bounded history. Moving to the current state only
+        updates the reason.
+        """
+        e = self.entry(node)
+        target = NodeState(state)
+        if target is e.state:
+            e.reason = reason
+            return False
+        e.history.append(Transition(now, e.state, target, reason))
+        e.state = target
+        e.reason = reason
+        e.since = now
+        e.changed()
+        return True
+
+    def cordon(self, node: str, reason: str, now: float) -> bool:
+        """Operator: take ``node`` out of routing now; work queued there is to be re-routed."""
+        e = self.entry(node)
+        e.operator_hold = True
+        return self.transition(node, NodeState.CORDONED, f"operator: {reason}", now)
+
+    def drain(self, node: str, reason: str, now: float) -> bool:
+        """Operator: send ``node`` no new work and let what it has finish."""
+        e = self.entry(node)
+        e.operator_hold = True
+        return self.transition(node, NodeState.DRAINING, f"operator: {reason}", now)
+
+    def uncordon(self, node: str, now: float) -> bool:
+        """Operator: release a cordon or drain. A cordoned or draining node becomes healthy;
+        a node in any other state keeps it (the health machine owns it) and loses the hold."""
+        e = self.entry(node)
+        e.operator_hold = False
+        if e.state in (NodeState.CORDONED, NodeState.DRAINING):
+            return self.transition(node, NodeState.HEALTHY, "operator: uncordoned", now)
+        return False
+
+    def drained(self, node: str) -> bool:
+        """The node is draining and has nothing of the router's left in flight."""
+        e = self.entry(node)
+        return e.state is NodeState.DRAINING and not e.inflight
+
+    def history(self, node: str) -> list[Transition]:
+        """The node's recent state changes, oldest first."""
+        return list(self.entry(node).history)
+
+    # -- views -----------------------------------------------------------------------------
+
+    def _fields_of(self, e: NodeEntry) -> dict[str, Any]:
+        fields = e._fields
+        if fields is None:
+            m = e.metrics
+            kv = m.kv_used_fraction if m is not None else None
+            fields = {
+                "name": e.config.name,
+                "pair": e.config.pair,
+                "models": frozenset(e.config.models),
+                "capacity_mu_s": e.capacity_mu_s,
+                "state": e.state,
+                "inflight_mu": e.inflight_mu,
+                "inflight_requests": len(e.inflight),
+                "queued_requests": m.queued if m is not None else 0,
+                "kv_used_fraction": kv if kv is not None else 0.0,
+                "reserved_mu": e.reserved_mu,
+            }
+            e._fields = fields
+        return fields
+
+    def snapshot_of(self, node: str, now: float) -> NodeSnapshot:
+        return self._snapshot_entry(self.entry(node), now)
+
+    def _snapshot_entry(self, e: NodeEntry, now: float) -> NodeSnapshot:
+        m = e.metrics
+        age = math.inf if m is None else max(now - m.scraped_at, 0.0)
+        snap = e._snapshot
+        if snap is None or snap.metrics_age_s != age:
+            snap = _make_snapshot(self._fields_of(e), age)
+            e._snapshot = snap
+        return snap
+
+    def snapshot(self, now: float) -> list[NodeSnapshot]:
+        """One snapshot per node, in table order, as of ``now``."""
+        entry = self._snapshot_entry
+        return [entry(e, now) for e in self._order]
+
+    def admin_view(self, now: float) -> list[dict[str, Any]]:
+        """One JSON-ready dict per node for the admin API (no NaN or infinity: unknown is null)."""
+        out: list[dict[str, Any]] = []
+        for e in self._order:
+            m = e.metrics
+            c = e.config
+            out.append(
+                {
+                    "name": c.name,
+                    "url": c.http_url,
+                    "grpc_url": c.grpc_url,
+                    "state": e.state.value,
+                    "reason": e.reason,
+                    "since": e.since,
+                    "operator_hold": e.operator_hold,
+                    "inflight_mu": e.inflight_mu,
+                    "inflight_requests": len(e.inflight),
+                    "reserved_mu": e.reserved_mu,
+                    "capacity_mu_s": e.capacity_mu_s,
+                    "utilisation": e.inflight_mu / e.capacity_mu_s,
+                    "queued": m.queued if m is not None else None,
+                    "kv_used_fraction": m.kv_used_fraction if m is not None else None,
+                    "metrics_age_s": None if m is None else max(now - m.scraped_at, 0.0),
+                    "scrape_failures": e.scrape_failures,
+                    "last_scrape_error": e.last_scrape_error,
+                    "models": list(c.models),
+                    "pair": c.pair,
+                }
+            )
+        return out

@@ -1,0 +1,306 @@
+"""One request through the router: price → admit → prioritise → route → forward → account.
+
+Every front door (OpenAI, KServe v2 HTTP and gRPC) turns its request into a :class:`Job`
+holding the KServe ``ModelInferRequest`` the node will get, and reads the node's responses
+back from :meth:`Pipeline.run`. The pure parts (cost model, admission, priorities,
+policy, node table) are plain objects; this module is where they meet the network.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from tritonclient.grpc import service_pb2
+
+from router.admission import Admission, PriorityMapper, SessionTable, TenantConfig
+from router.cost_model import CostModel, RequestShape
+from router.errors import NoCapacity, RateLimited, RouterError, classify
+from router.fleet import NodeTable
+from router.metrics import RouterMetrics
+from router.models import ServedModel
+from router.output_length import OutputLengthEstimator
+from router.policies import NoCandidateError, Policy, RequestView
+from router.upstream import NodeCallError, NodeChannel
+from router.wire import read_output, set_parameter
+
+PRIORITY_PARAMETER = "priority_level"
+"""The level again, as a request parameter for engines that schedule internally."""
+
+
+@dataclass
+class Job:
+    """A priced-to-be request with the tensors its node will receive."""
+
+    tenant: TenantConfig
+    model: ServedModel
+    request: service_pb2.ModelInferRequest
+    prompt_ids: list[int]
+    max_tokens: int
+    session_id: str | None = None
+    requested_priority: int | None = None
+    timeout_s: float | None = None
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+@dataclass
+class Outcome:
+    """What the router learnt from one finished job (for usage, metrics and tests)."""
+
+    node: str | None = None
+    priority: int = 0
+    estimated_mu: float = 0.0
+    actual_mu: float = 0.0
+    output_tokens: int = 0
+    ttft_s: float | None = None
+    attempts: int = 0
+    admission: str = ""
+
+
+@dataclass
+class PipelineSettings:
+    max_attempts: int = 3
+    """Nodes tried before a request fails (failover before the first token)."""
+    request_timeout_s: float = 300.0
+    headroom_window_s: float = 1.0
+    """In-flight MU counts as work due within this window when judging fleet headroom."""
+
+
+class Pipeline:
+    """The request path shared by every front door."""
+
+    def __init__(
+        self,
+        *,
+        table: NodeTable,
+        channels: Mapping[str, NodeChannel],
+        node_pairs: Mapping[str, str],
+        costs: Mapping[str, CostModel],
+        policy: Policy,
+        policy_name: str,
+        admission: Admission,
+        sessions: SessionTable,
+        priorities: PriorityMapper,
+        estimator: OutputLengthEstimator,
+        metrics: RouterMetrics,
+        settings: PipelineSettings | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.table = table
+        self.channels = channels
+        self.node_pairs = node_pairs
+        self.costs = costs
+        self.policy = policy
+        self.policy_name = policy_name
+        self.admission = admission
+        self.sessions = sessions
+        self.priorities = priorities
+        self.estimator = estimator
+        self.metrics = metrics
+        self.settings = settings or PipelineSettings()
+        self.clock = clock
+
+    # -- pricing --------------------------------------------------------------------------
+    def price(self, job: Job) -> dict[str, float]:
+        """MU of ``job`` on each pair that serves its model (expected output learnt)."""
+        expected = self.estimator.expected(job.tenant.name, job.model.name, job.max_tokens)
+        pairs = {
+            self.node_pairs[s.name]
+            for s in self.table.snapshot(self.clock())
+            if job.model.name in s.models
+        }
+        return {
+            pair: self.costs[pair].estimate(len(job.prompt_ids), job.max_tokens, 0, expected)
+            for pair in pairs
+        }
+
+    def _fleet(self, model: str, now: float) -> tuple[float, float]:
+        """Capacity (MU/s) of the routable nodes serving ``model`` and their headroom."""
+        capacity = inflight = 0.0
+        for snap in self.table.snapshot(now):
+            if snap.state.routable and model in snap.models:
+                capacity += snap.capacity_mu_s
+                inflight += snap.inflight_mu + snap.reserved_mu
+        headroom = capacity - inflight / self.settings.headroom_window_s
+        return capacity, max(headroom, 0.0)
+
+    # -- the request path --------------------------------------------------------------------
+    async def run(
+        self, job: Job, outcome: Outcome | None = None
+    ) -> AsyncIterator[service_pb2.ModelInferResponse]:
+        """Admit, route and forward ``job``; yields the node's responses in order.
+
+        Raises a :class:`RouterError` for anything the caller must answer with an error.
+        """
+        outcome = outcome if outcome is not None else Outcome()
+        now = self.clock()
+        mu_by_pair = self.price(job)
+        if not mu_by_pair:
+            raise NoCapacity(f"no node serves model {job.model.name}")
+        estimate = sum(mu_by_pair.values()) / len(mu_by_pair)
+        outcome.estimated_mu = estimate
+        capacity, headroom = self._fleet(job.model.name, now)
+        ticket = self.admission.admit(job.tenant, estimate, now, headroom, capacity)
+        outcome.admission = ticket.kind
+        if ticket.kind == "rejected":
+            self.metrics.rejected_requests.labels(job.tenant.name).inc()
+            self.metrics.rejected_mu.labels(job.tenant.name).inc(estimate)
+            raise RateLimited(
+                f"tenant {job.tenant.name} is over its MU reservation and the fleet has no "
+                "headroom for best-effort work",
+                ticket.retry_after_s,
+            )
+        self.metrics.admitted_requests.labels(job.tenant.name, ticket.kind).inc()
+        self.metrics.admitted_mu.labels(job.tenant.name, ticket.kind).inc(ticket.charged_mu)
+        if job.session_id is not None:
+            try:
+                self.sessions.draw(job.session_id, estimate, now)
+            except Exception as exc:
+                self.admission.refund(ticket, now)
+                raise RateLimited(f"session {job.session_id}: {exc}", 1.0) from exc
+        outcome.priority = self._priority(job, estimate)
+        started = time.perf_counter()
+        streamed = False
+        try:
+            async for response in self._forward(job, mu_by_pair, outcome):
+                if not streamed:
+                    outcome.ttft_s = time.perf_counter() - started
+                    streamed = True
+                outcome.output_tokens += _tokens(response)
+                yield response
+        except BaseException:
+            if not streamed:
+                self.admission.refund(ticket, self.clock())
+                raise
+            self._settle(job, ticket, outcome)
+            raise
+        self._settle(job, ticket, outcome)
+        self._observe(job, outcome, started)
+
+    def _priority(self, job: Job, estimate: float) -> int:
+        """The Triton level: the tenant's tier and price, or what it asked for, clamped."""
+        ceiling = job.tenant.max_priority
+        if job.requested_priority:
+            return max(int(job.requested_priority), ceiling)
+        return self.priorities.level(job.tenant.tier, estimate, 0.0, ceiling)
+
+    async def _forward(
+        self, job: Job, mu_by_pair: dict[str, float], outcome: Outcome
+    ) -> AsyncIterator[service_pb2.ModelInferResponse]:
+        """Route and stream; fail over to another node while nothing reached the client."""
+        excluded: set[str] = set()
+        view = RequestView(
+            request_id=job.request_id,
+            tenant=job.tenant.name,
+            model=job.model.name,
+            prompt_tokens=len(job.prompt_ids),
+            max_tokens=job.max_tokens,
+            mu_by_pair=mu_by_pair,
+            session_id=job.session_id,
+            block_hashes=job.model.blocks(job.prompt_ids),
+            block_size=job.model.config.block_size,
+            priority=outcome.priority,
+        )
+        request = job.request
+        request.parameters["priority"].uint64_param = outcome.priority
+        set_parameter(request, PRIORITY_PARAMETER, outcome.priority)
+        timeout_s = job.timeout_s or self.settings.request_timeout_s
+        request.parameters["timeout"].int64_param = int(timeout_s * 1e6)
+        last_error: RouterError | None = None
+        while outcome.attempts < self.settings.max_attempts:
+            now = self.clock()
+            self.table.set_reserved(self.sessions.reserved_by_node())
+            candidates = [s for s in self.table.snapshot(now) if s.name not in excluded]
+            try:
+                decision = self.policy.choose(view, candidates, now)
+            except NoCandidateError as exc:
+                raise last_error or NoCapacity(str(exc)) from exc
+            node = decision.node
+            outcome.attempts += 1
+            outcome.node = node
+            self.metrics.decisions.labels(self.policy_name, decision.reason).inc()
+            self.policy.on_routed(view, node, now)
+            self._session_landed(job, node)
+            mu = mu_by_pair.get(self.node_pairs[node], 0.0)
+            self.table.start(node, job.request_id, mu, now)
+            self._gauges(node)
+            sent = False
+            try:
+                async for response in self.channels[node].stream(request, timeout_s + 5.0):
+                    sent = True
+                    yield response
+                return
+            except NodeCallError as exc:
+                fault = classify(exc.message)
+                error = fault.as_error(node, exc.message)
+                if fault.fault == "client":
+                    raise error from exc
+                self.metrics.node_errors.labels(node, fault.fault).inc()
+                if sent:
+                    raise error from exc
+                excluded.add(node)
+                last_error = error
+                self.metrics.failovers.labels(node).inc()
+            finally:
+                actual = self._actual(job, outcome, node)
+                outcome.actual_mu = actual
+                self.table.finish(node, job.request_id, self.clock())
+                self.policy.on_finished(view, node, self.clock())
+                self._gauges(node)
+        raise last_error or NoCapacity("no node could serve the request")
+
+    def _session_landed(self, job: Job, node: str) -> None:
+        if job.session_id is None:
+            return
+        session = self.sessions.get(job.session_id, self.clock())
+        if session is None:
+            return
+        if session.node == node:
+            self.metrics.affinity_hits.labels(job.tenant.name).inc()
+        session.node = node
+
+    # -- accounting ---------------------------------------------------------------------------
+    def _actual(self, job: Job, outcome: Outcome, node: str) -> float:
+        cost = self.costs[self.node_pairs[node]]
+        shape = RequestShape(prompt_tokens=len(job.prompt_ids), output_tokens=outcome.output_tokens)
+        return cost.actual(shape)
+
+    def _settle(self, job: Job, ticket: object, outcome: Outcome) -> None:
+        now = self.clock()
+        self.admission.settle(ticket, outcome.actual_mu, now)  # type: ignore[arg-type]
+        self.metrics.settled_mu.labels(job.tenant.name).inc(outcome.actual_mu)
+        if outcome.estimated_mu > 0:
+            self.metrics.estimate_ratio.labels(job.tenant.name).observe(
+                outcome.actual_mu / outcome.estimated_mu
+            )
+
+    def _observe(self, job: Job, outcome: Outcome, started: float) -> None:
+        node = outcome.node or ""
+        self.estimator.observe(
+            job.tenant.name, job.model.name, job.max_tokens, outcome.output_tokens
+        )
+        self.metrics.requests.labels(job.tenant.name, node, "ok").inc()
+        if outcome.ttft_s is not None:
+            self.metrics.ttft.labels(job.tenant.name, node).observe(outcome.ttft_s)
+            if outcome.output_tokens > 1:
+                decode = time.perf_counter() - started - outcome.ttft_s
+                self.metrics.tpot.labels(job.tenant.name, node).observe(
+                    decode / (outcome.output_tokens - 1)
+                )
+
+    def _gauges(self, node: str) -> None:
+        for snap in self.table.snapshot(self.clock()):
+            if snap.name == node:
+                self.metrics.inflight_mu.labels(node).set(snap.inflight_mu)
+                self.metrics.utilisation.labels(node).set(snap.load_ratio)
+
+
+def _tokens(response: service_pb2.ModelInferResponse) -> int:
+    lengths = read_output(response, "sequence_length")
+    if lengths is not None:
+        return int(np.asarray(lengths).sum())
+    ids = read_output(response, "output_ids")
+    return 0 if ids is None else int(np.asarray(ids).size)

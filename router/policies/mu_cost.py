@@ -1,0 +1,180 @@
+"""MU cost (the default): the node where this request's work would be done soonest.
+
+Models cost-based routing over a heterogeneous fleet, with cache and session awareness as
+*credits* on the price rather than as rules (the weighted-scorer design of llm-d, priced in
+MU as in ``router/README.md``). For each candidate node ``n``::
+
+    cost_n = (inflight_mu_n + reserved_mu_n + mu_n · (1 − prefill_share · credit_n)) / capacity_mu_s_n
+           + staleness_s_per_s · max(0, metrics_age_s_n − stale_after_s)
+           + queue_weight · queued_requests_n · mean_request_mu / capacity_mu_s_n
+
+in seconds of work; the minimum wins (ties by name). ``mu_n = request.mu_on(n)``.
+
+* ``credit_n`` ∈ [0, 1] is the fraction of the prompt ``n`` is expected to hold in KV: the
+  larger of its matched prefix in the policy's own
+  :class:`~router.policies.prefix.PrefixIndex` (matched blocks × block size ÷ prompt tokens,
+  as in ``prefix_aware``) and ``session_credit`` if ``n`` is the node the session's previous
+  request went to. Affinity is a credit, never a rule: a session stays only while its node,
+  credit included, is still the cheapest, so it is never piled onto an overloaded node.
+* The credit discounts only the **prefill share** of the request's MU (cached tokens skip
+  prefill; decode costs the same wherever the prefix sits). The share is
+  ``prefill_fraction`` if set; otherwise ``P / (P + output_token_weight · E)`` with ``P`` the
+  prompt tokens and ``E = expected_output_ratio · max_tokens`` the expected output (the policy
+  sees only ``max_tokens``). ``output_token_weight`` is the cost of one generated token in
+  prompt tokens: 6.5 by default, ``output_token_s / prefill_token_s`` of the calibrated
+  reference pair ``profiles/llama-3.1-8b_h100-sxm_tp1.json``. Counting tokens 1:1 instead
+  would credit a cached 2000-token prompt with ~87 % of a request whose prefill is ~25 % of
+  its MU, and pull sessions onto busy nodes.
+* Stale metrics count against a node: past ``stale_after_s`` each second of metrics age adds
+  ``staleness_s_per_s`` seconds of cost.
+* A queue in the node (Triton pending + engine waiting) adds an estimated wait per queued
+  request: ``mean_request_mu`` (a running mean of routed requests' MU, starting at
+  ``initial_request_mu``) over the node's capacity.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+from pydantic import Field
+
+from router.policies.base import RequestView
+from router.policies.prefix import PrefixIndex
+from router.policies.registry import register
+from router.policies.scoring import BoolArray, FloatArray, NodeTable, PolicyParams, ScoringPolicy
+
+__all__ = ["MuCost", "MuCostParams"]
+
+
+class MuCostParams(PolicyParams):
+    prefill_fraction: float | None = Field(None, ge=0.0, le=1.0)
+    """Fixed prefill share of a request's MU (``None``: estimate it per request)."""
+    output_token_weight: float = Field(6.5, ge=0.0)
+    """Cost of one output token in prompt tokens, for the estimated prefill share."""
+    expected_output_ratio: float = Field(0.3, ge=0.0, le=1.0)
+    """Expected output tokens as a fraction of ``max_tokens``."""
+    session_credit: float = Field(0.5, ge=0.0, le=1.0)
+    """Credit of the node the session's previous request went to."""
+    max_sessions: int = Field(100_000, gt=0)
+    """Sessions remembered (least recently routed forgotten first)."""
+    block_capacity: int = Field(32_768, gt=0)
+    """Blocks the prefix index remembers per node and model."""
+    ttl_s: float | None = Field(None, gt=0.0)
+    """Forget cached blocks not used for this long (``None``: LRU only)."""
+    stale_after_s: float = Field(5.0, ge=0.0)
+    """Metrics younger than this cost nothing."""
+    staleness_s_per_s: float = Field(0.1, ge=0.0)
+    """Seconds of cost per second of metrics age beyond ``stale_after_s``."""
+    queue_weight: float = Field(1.0, ge=0.0)
+    """Weight of the queued-requests wait estimate."""
+    initial_request_mu: float = Field(300.0, gt=0.0)
+    """Mean request MU assumed before any request was routed."""
+    request_mu_alpha: float = Field(0.02, gt=0.0, le=1.0)
+    """Weight of each routed request in the running mean of request MU."""
+
+
+@register("mu_cost", MuCostParams)
+class MuCost(ScoringPolicy[MuCostParams]):
+    """Minimum projected completion cost in seconds of work, with prefix/session credit."""
+
+    def __init__(self, params: MuCostParams | None = None) -> None:
+        super().__init__(params or MuCostParams())
+        self.indexes: dict[str, PrefixIndex] = {}
+        self.sessions: OrderedDict[str, str] = OrderedDict()
+        self.mean_request_mu = self.params.initial_request_mu
+        self._static: tuple[int, FloatArray, FloatArray] = (-1, np.zeros(0), np.zeros(0))
+        self._credits: dict[int, float] = {}
+
+    def index(self, model: str) -> PrefixIndex:
+        index = self.indexes.get(model)
+        if index is None:
+            index = self.indexes[model] = PrefixIndex(self.params.block_capacity, self.params.ttl_s)
+        return index
+
+    def prefill_share(self, request: RequestView) -> float:
+        """Fraction of the request's MU that a cached prompt would save."""
+        fixed = self.params.prefill_fraction
+        if fixed is not None:
+            return fixed
+        prompt = request.prompt_tokens
+        if prompt <= 0:
+            return 0.0
+        expected = self.params.expected_output_ratio * request.max_tokens
+        return prompt / (prompt + self.params.output_token_weight * expected)
+
+    def credits(self, request: RequestView, table: NodeTable, now: float) -> dict[int, float]:
+        """Row → credit (fraction of the prompt expected in that node's KV), nonzero only."""
+        out: dict[int, float] = {}
+        index = table.index
+        prompt = request.prompt_tokens
+        if request.block_hashes and prompt > 0:
+            per_block = request.block_size / prompt
+            for name, blocks in self.index(request.model).match(request.block_hashes, now).items():
+                row = index.get(name)
+                if row is not None:
+                    out[row] = min(1.0, blocks * per_block)
+        credit = self.params.session_credit
+        if request.session_id is not None and credit > 0.0:
+            last = self.sessions.get(request.session_id)
+            row = None if last is None else index.get(last)
+            if row is not None and out.get(row, 0.0) < credit:
+                out[row] = credit
+        return out
+
+    def _static_cost(self, table: NodeTable) -> tuple[FloatArray, FloatArray]:
+        version, static, queue = self._static
+        if version != table.version:
+            p = self.params
+            static = (table.inflight_mu + table.reserved_mu) * table.inv_capacity
+            if p.staleness_s_per_s > 0.0:
+                stale = np.maximum(table.metrics_age - p.stale_after_s, 0.0)
+                static = static + p.staleness_s_per_s * stale
+            queue = table.queued_requests * table.inv_capacity
+            self._static = (table.version, static, queue)
+        return static, queue
+
+    def score(
+        self, request: RequestView, table: NodeTable, mask: BoolArray, now: float
+    ) -> FloatArray:
+        static, queue = self._static_cost(table)
+        own = table.request_mu(request) * table.inv_capacity
+        cost = static + own
+        wait = self.params.queue_weight * self.mean_request_mu
+        if wait > 0.0:
+            cost += queue * wait
+        credits = self.credits(request, table, now)
+        if credits:
+            share = self.prefill_share(request)
+            for row, credit in credits.items():
+                cost[row] -= own[row] * share * credit
+        self._credits = credits
+        np.negative(cost, out=cost)
+        return cost
+
+    def explain(self, request: RequestView, table: NodeTable, i: int, scores: FloatArray) -> str:
+        credit = self._credits.get(i, 0.0)
+        if credit:
+            return f"cost {-scores[i]:.4g} s, {credit:.0%} of the prompt credited as cached"
+        return f"cost {-scores[i]:.4g} s"
+
+    def on_routed(self, request: RequestView, node: str, now: float) -> None:
+        if request.block_hashes:
+            self.index(request.model).insert(node, request.block_hashes, now)
+        if request.session_id is not None:
+            sessions = self.sessions
+            sessions[request.session_id] = node
+            sessions.move_to_end(request.session_id)
+            if len(sessions) > self.params.max_sessions:
+                sessions.popitem(last=False)
+        table = self.table
+        row = table.index.get(node)
+        if row is not None:
+            mu = request.mu_by_pair.get(table.pairs[table.pair_idx[row]])
+            if mu is not None:
+                self.mean_request_mu += self.params.request_mu_alpha * (mu - self.mean_request_mu)
+
+    def on_kv_lost(self, nodes: list[str]) -> None:
+        for index in self.indexes.values():
+            for node in nodes:
+                index.forget(node)

@@ -1,0 +1,393 @@
+"""Filter → score → pick: the base class every policy in this package is built on.
+
+``ScoringPolicy.choose`` runs the same pipeline for every policy (as llm-d's scheduler runs
+filter, scorer and picker plugins):
+
+1. **eligible** (not meant to be overridden): nodes whose ``state.routable`` is true and whose
+   ``models`` contain ``request.model``; none left → :class:`NoCandidateError`. Nodes in
+   ``PROBATION`` then get a *reduced share* (a slow ramp of trust): each is kept for a request
+   with probability ``share(t) = probation_share + (1 − probation_share) · min(1, t /
+   probation_ramp_s)``, ``t`` being how long this policy has seen it in probation. The coin is
+   a hash of (request id, node), so the same request always gets the same answer. If every
+   candidate is a probation node that lost its coin, they are all kept: a node on trial beats
+   no node.
+2. **filter** (per policy, optional): narrow the candidates further (bounded load, sampling);
+   never to nothing.
+3. **score** (per policy): one float per node, higher is better. Cost-based policies score
+   ``−cost``. ``Decision.scores`` maps every remaining candidate to its score.
+4. **pick** (default): the highest score; ties go to the first node in name order, so a
+   decision is a pure function of the inputs and the policy's state. Policies may override.
+
+``on_routed`` / ``on_finished`` default to no-ops.
+
+Hot path. A policy keeps a :class:`NodeTable`, a columnar (numpy) copy of the last snapshot
+list. Each call compares the new list with the previous one by object identity (snapshots
+are frozen, so the service replaces the one it changed) and rewrites only the rows that
+changed; scoring is then a handful of vector operations over all nodes, with no Python object
+per node. ``Decision.scores`` is a lazy mapping over the score vector.
+"""
+
+from __future__ import annotations
+
+import operator
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from hashlib import blake2b
+from typing import Generic, TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict, Field
+
+from router.policies.base import Decision, NodeSnapshot, NodeState, NoCandidateError, RequestView
+
+__all__ = ["NodeTable", "PolicyParams", "ScoreMap", "ScoringPolicy", "unit_hash"]
+
+FloatArray = NDArray[np.float64]
+BoolArray = NDArray[np.bool_]
+IntArray = NDArray[np.intp]
+
+
+class PolicyParams(BaseModel):
+    """Parameters every policy takes; each policy's own model extends this one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    probation_share: float = Field(0.25, ge=0.0, le=1.0)
+    """Share of its requests a node gets when it has just entered probation."""
+    probation_ramp_s: float = Field(300.0, gt=0.0)
+    """Seconds in probation over which its share ramps linearly up to 1."""
+
+
+def unit_hash(*parts: str) -> float:
+    """A deterministic number in [0, 1) from strings (BLAKE2b, not Python's salted hash)."""
+    digest = blake2b("\x1f".join(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2.0**64
+
+
+class NodeTable:
+    """Columns of the last snapshot list (one row per node, in the caller's order).
+
+    Rows are rewritten in place when their snapshot object changes; the whole table is
+    rebuilt when the node list changes shape (other length, other names, or many changes).
+    ``version`` increases on every change; ``layout`` only when names or order change, so
+    structures keyed by row (a hash ring) know when to rebuild.
+    """
+
+    def __init__(self) -> None:
+        self.nodes: tuple[NodeSnapshot, ...] = ()
+        self.names: tuple[str, ...] = ()
+        self.index: dict[str, int] = {}
+        self.sorted_names: tuple[str, ...] = ()
+        self.rank: IntArray = np.zeros(0, dtype=np.intp)
+        """Position of each row's name in name order (the tie-breaker)."""
+        self.pairs: list[str] = []
+        self._pair_ids: dict[str, int] = {}
+        self.pair_idx: IntArray = np.zeros(0, dtype=np.intp)
+        empty = np.zeros(0)
+        self.capacity: FloatArray = empty
+        self.inv_capacity: FloatArray = empty
+        self.inflight_mu: FloatArray = empty
+        self.reserved_mu: FloatArray = empty
+        self.inflight_requests: FloatArray = empty
+        self.queued_requests: FloatArray = empty
+        self.kv_used: FloatArray = empty
+        self.metrics_age: FloatArray = empty
+        self.routable: BoolArray = np.zeros(0, dtype=bool)
+        self.probation: BoolArray = np.zeros(0, dtype=bool)
+        self.n_probation = 0
+        self.probation_since: dict[str, float] = {}
+        self.kv_lost: list[str] = []
+        """Nodes seen entering ``RESTARTING`` (their KV cache is gone); drained by policies."""
+        self.version = 0
+        self.layout = 0
+        self._serves: dict[str, BoolArray] = {}
+        self._load_ratio: tuple[int, FloatArray] = (-1, empty)
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    # -- keeping in step with the caller's snapshots -------------------------------------
+
+    def sync(self, nodes: Sequence[NodeSnapshot], now: float) -> None:
+        prev = self.nodes
+        if nodes is prev:
+            return
+        n = len(nodes)
+        if n != len(prev) or n == 0:
+            self._rebuild(nodes, now)
+            return
+        flags = list(map(operator.is_not, prev, nodes))
+        changed: list[int] = []
+        find = flags.index
+        i = -1
+        try:
+            while True:
+                i = find(True, i + 1)
+                changed.append(i)
+        except ValueError:
+            pass
+        if not changed:
+            return
+        if len(changed) * 8 > n:
+            self._rebuild(nodes, now)
+            return
+        new = nodes if isinstance(nodes, tuple) else tuple(nodes)
+        for i in changed:
+            if new[i].name != prev[i].name:
+                self._rebuild(new, now)
+                return
+        for i in changed:
+            self._set_row(i, new[i], prev[i].state, now)
+        self.nodes = new
+        self.version += 1
+
+    def _rebuild(self, nodes: Sequence[NodeSnapshot], now: float) -> None:
+        new = nodes if isinstance(nodes, tuple) else tuple(nodes)
+        n = len(new)
+        names = tuple(s.name for s in new)
+        index = {name: i for i, name in enumerate(names)}
+        if len(index) != n:
+            dupes = sorted({x for x in names if names.count(x) > 1})
+            raise ValueError(f"node names must be unique; repeated: {dupes}")
+        old_states = {s.name: s.state for s in self.nodes}
+        if names != self.names:
+            self.layout += 1
+            self.names = names
+            self.index = index
+            self.sorted_names = tuple(sorted(names))
+            order = {name: r for r, name in enumerate(self.sorted_names)}
+            self.rank = np.fromiter((order[x] for x in names), dtype=np.intp, count=n)
+        pair_idx = np.empty(n, dtype=np.intp)
+        for i, s in enumerate(new):
+            pair_idx[i] = self._pair_id(s.pair)
+        self.pair_idx = pair_idx
+
+        def column(attr: str) -> FloatArray:
+            get = operator.attrgetter(attr)
+            return np.fromiter(map(get, new), dtype=np.float64, count=n)
+
+        self.capacity = column("capacity_mu_s")
+        self.inv_capacity = 1.0 / np.maximum(self.capacity, 1e-9)
+        self.inflight_mu = column("inflight_mu")
+        self.reserved_mu = column("reserved_mu")
+        self.inflight_requests = column("inflight_requests")
+        self.queued_requests = column("queued_requests")
+        self.kv_used = column("kv_used_fraction")
+        self.metrics_age = column("metrics_age_s")
+        states = [s.state for s in new]
+        self.routable = np.fromiter((st.routable for st in states), dtype=bool, count=n)
+        self.probation = np.fromiter(
+            (st is NodeState.PROBATION for st in states), dtype=bool, count=n
+        )
+        self.n_probation = int(self.probation.sum())
+        since = {}
+        for name, st in zip(names, states):
+            if st is NodeState.PROBATION:
+                since[name] = self.probation_since.get(name, now)
+            if st is NodeState.RESTARTING and old_states.get(name, st) is not st:
+                self.kv_lost.append(name)
+        self.probation_since = since
+        self._serves = {}
+        self.nodes = new
+        self.version += 1
+
+    def _pair_id(self, pair: str) -> int:
+        pid = self._pair_ids.get(pair)
+        if pid is None:
+            pid = self._pair_ids[pair] = len(self.pairs)
+            self.pairs.append(pair)
+        return pid
+
+    def _set_row(self, i: int, s: NodeSnapshot, old_state: NodeState, now: float) -> None:
+        self.pair_idx[i] = self._pair_id(s.pair)
+        cap = s.capacity_mu_s
+        self.capacity[i] = cap
+        self.inv_capacity[i] = 1.0 / max(cap, 1e-9)
+        self.inflight_mu[i] = s.inflight_mu
+        self.reserved_mu[i] = s.reserved_mu
+        self.inflight_requests[i] = s.inflight_requests
+        self.queued_requests[i] = s.queued_requests
+        self.kv_used[i] = s.kv_used_fraction
+        self.metrics_age[i] = s.metrics_age_s
+        state = s.state
+        if state is not old_state:
+            self.routable[i] = state.routable
+            on_probation = state is NodeState.PROBATION
+            if on_probation != bool(self.probation[i]):
+                self.probation[i] = on_probation
+                self.n_probation += 1 if on_probation else -1
+            if on_probation:
+                self.probation_since.setdefault(s.name, now)
+            else:
+                self.probation_since.pop(s.name, None)
+            if state is NodeState.RESTARTING:
+                self.kv_lost.append(s.name)
+        for model, mask in self._serves.items():
+            mask[i] = model in s.models
+
+    # -- derived columns ------------------------------------------------------------------
+
+    def serves(self, model: str) -> BoolArray:
+        """Rows whose node serves ``model`` (cached per model; do not modify)."""
+        mask = self._serves.get(model)
+        if mask is None:
+            mask = np.fromiter(
+                (model in s.models for s in self.nodes), dtype=bool, count=len(self.nodes)
+            )
+            self._serves[model] = mask
+        return mask
+
+    def load_ratio(self) -> FloatArray:
+        """``NodeSnapshot.load_ratio`` of every row (cached per version; do not modify)."""
+        version, value = self._load_ratio
+        if version != self.version:
+            value = (self.inflight_mu + self.reserved_mu) * self.inv_capacity
+            self._load_ratio = (self.version, value)
+        return value
+
+    def request_mu(self, request: RequestView) -> FloatArray:
+        """``request.mu_on(node)`` for every row."""
+        get = request.mu_by_pair.get
+        per_pair = np.fromiter(
+            (get(p, 0.0) for p in self.pairs), dtype=np.float64, count=len(self.pairs)
+        )
+        return per_pair[self.pair_idx]
+
+
+class ScoreMap(Mapping[str, float]):
+    """``Decision.scores``: candidate name → score, read lazily from the score vector."""
+
+    __slots__ = ("_index", "_mask", "_names", "_scores")
+
+    def __init__(
+        self, names: tuple[str, ...], index: Mapping[str, int], scores: FloatArray, mask: BoolArray
+    ) -> None:
+        self._names = names
+        self._index = index
+        self._scores = scores
+        self._mask = mask
+
+    def __getitem__(self, name: str) -> float:
+        i = self._index[name]
+        if not self._mask[i]:
+            raise KeyError(name)
+        return float(self._scores[i])
+
+    def __iter__(self) -> Iterator[str]:
+        names = self._names
+        return (names[i] for i in np.flatnonzero(self._mask))
+
+    def __len__(self) -> int:
+        return int(np.count_nonzero(self._mask))
+
+    def __repr__(self) -> str:
+        return f"ScoreMap({dict(self)!r})"
+
+
+P = TypeVar("P", bound=PolicyParams)
+
+
+class ScoringPolicy(ABC, Generic[P]):
+    """A :class:`~router.policies.base.Policy` as eligible → filter → score → pick."""
+
+    name: str = "scoring"
+    """Set by :func:`router.policies.registry.register`."""
+
+    def __init__(self, params: P) -> None:
+        self.params = params
+        self.table = NodeTable()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.params!r})"
+
+    # -- the Policy interface -------------------------------------------------------------
+
+    def choose(self, request: RequestView, nodes: Sequence[NodeSnapshot], now: float) -> Decision:
+        table = self.table
+        table.sync(nodes, now)
+        if table.kv_lost:
+            lost, table.kv_lost = table.kv_lost, []
+            self.on_kv_lost(lost)
+        mask = self.eligible(request, table, now)
+        mask = self.filter(request, table, mask, now)
+        scores = self.score(request, table, mask, now)
+        i = self.pick(request, table, mask, scores)
+        return Decision(
+            node=table.names[i],
+            reason=f"{self.name}: {self.explain(request, table, i, scores)}",
+            scores=ScoreMap(table.names, table.index, scores, mask),
+        )
+
+    def on_routed(self, request: RequestView, node: str, now: float) -> None:
+        return None
+
+    def on_finished(self, request: RequestView, node: str, now: float) -> None:
+        return None
+
+    # -- the pipeline's steps -------------------------------------------------------------
+
+    def eligible(self, request: RequestView, table: NodeTable, now: float) -> BoolArray:
+        """Routable nodes serving the model, probation nodes at their reduced share."""
+        mask = table.routable & table.serves(request.model)
+        if not mask.any():
+            raise NoCandidateError(self._no_candidate(request, table))
+        if table.n_probation:
+            on_trial = np.flatnonzero(mask & table.probation)
+            if on_trial.size:
+                p0 = self.params.probation_share
+                ramp = self.params.probation_ramp_s
+                names = table.names
+                since = table.probation_since
+                drop = [
+                    i
+                    for i in on_trial.tolist()
+                    if unit_hash(request.request_id, names[i])
+                    >= p0 + (1.0 - p0) * min(1.0, (now - since.get(names[i], now)) / ramp)
+                ]
+                if drop and len(drop) < np.count_nonzero(mask):
+                    mask[drop] = False
+        return mask
+
+    def filter(
+        self, request: RequestView, table: NodeTable, mask: BoolArray, now: float
+    ) -> BoolArray:
+        """Narrow the candidates (never to none). Default: keep them all."""
+        return mask
+
+    @abstractmethod
+    def score(
+        self, request: RequestView, table: NodeTable, mask: BoolArray, now: float
+    ) -> FloatArray:
+        """One score per row (higher is better); only rows in ``mask`` are read. Must be a
+        fresh array: the decision keeps it."""
+
+    def pick(
+        self, request: RequestView, table: NodeTable, mask: BoolArray, scores: FloatArray
+    ) -> int:
+        """Highest score; ties to the first name in name order."""
+        masked = np.where(mask, scores, -np.inf)
+        best = masked.max()
+        ties = np.flatnonzero((masked == best) & mask)
+        if ties.size == 1:
+            return int(ties[0])
+        if ties.size == 0:  # NaN scores: fall back to name order
+            ties = np.flatnonzero(mask)
+        return int(ties[np.argmin(table.rank[ties])])
+
+    def explain(self, request: RequestView, table: NodeTable, i: int, scores: FloatArray) -> str:
+        return f"score {scores[i]:.6g}"
+
+    def on_kv_lost(self, nodes: list[str]) -> None:
+        """These nodes restarted: whatever they had cached is gone."""
+        return None
+
+    @staticmethod
+    def _no_candidate(request: RequestView, table: NodeTable) -> str:
+        serves = table.serves(request.model)
+        return (
+            f"no node can take request {request.request_id!r} for model {request.model!r}: "
+            f"{len(table)} nodes, {int(table.routable.sum())} routable, "
+            f"{int(serves.sum())} serve the model, "
+            f"{int((table.routable & serves).sum())} both"
+        )

@@ -1,0 +1,87 @@
+"""The router's connections to its nodes: one gRPC channel each, KServe v2 stream calls.
+
+Every request goes to its node as one ``ModelStreamInfer`` call, whatever front door it
+came through: the stream carries the priority and timeout, delivers tokens as they come,
+and ends with Triton's final-response flag.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from router.wire import is_final, set_parameter
+
+MAX_MESSAGE_BYTES = 64 << 20
+
+
+class NodeCallError(Exception):
+    """A node answered a request with an error, or could not be reached."""
+
+    def __init__(self, message: str, *, transport: bool) -> None:
+        super().__init__(message)
+        self.message = message
+        self.transport = transport
+        """True when the node never answered (connection refused, reset, deadline)."""
+
+
+class NodeChannel:
+    """A node's gRPC channel and stub (created lazily on the running event loop)."""
+
+    def __init__(self, name: str, grpc_url: str) -> None:
+        self.name = name
+        self.url = grpc_url
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: service_pb2_grpc.GRPCInferenceServiceStub | None = None
+
+    @property
+    def stub(self) -> service_pb2_grpc.GRPCInferenceServiceStub:
+        if self._stub is None:
+            self._channel = grpc.aio.insecure_channel(
+                self.url,
+                options=[
+                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ],
+            )
+            self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+        return self._stub
+
+    async def stream(
+        self, request: service_pb2.ModelInferRequest, deadline_s: float | None
+    ) -> AsyncIterator[service_pb2.ModelInferResponse]:
+        """The responses of ``request`` up to and including the final one."""
+        set_parameter(request, "triton_enable_empty_final_response", True)
+        call = self.stub.ModelStreamInfer(iter([request]), timeout=deadline_s)
+        try:
+            async for message in call:
+                if message.error_message:
+                    raise NodeCallError(message.error_message, transport=False)
+                yield message.infer_response
+                if is_final(message.infer_response):
+                    return
+        except grpc.aio.AioRpcError as exc:
+            raise NodeCallError(
+                f"{exc.code().name}: {exc.details()}",
+                transport=exc.code()
+                in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED),
+            ) from exc
+        finally:
+            call.cancel()
+
+    async def unary(self, method: str, request: object, timeout_s: float = 5.0) -> object:
+        """A unary KServe call (``ServerReady``, ``ModelMetadata``, ``ModelConfig`` …)."""
+        try:
+            return await getattr(self.stub, method)(request, timeout=timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise NodeCallError(
+                f"{exc.code().name}: {exc.details()}",
+                transport=exc.code() == grpc.StatusCode.UNAVAILABLE,
+            ) from exc
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = self._stub = None
