@@ -4,6 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 NODES ?= 2
+# The local fleet keeps its state (router.yaml with the tenant keys, renders, logs) here.
+export MUFLEET_HOME ?= $(CURDIR)/.mufleet
 
 .PHONY: install run model test lint typecheck unit integration bench clean
 

@@ -166,8 +166,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     stop = _StopFlag()
     log_dir = args.log_dir or paths.home() / "logs"
+    params = _render_params(args)
     fleet = LocalFleet(
-        repository=render_cached(_render_params(args)),
+        repository=render_cached(params),
         triton=locate(),
         nodes=args.nodes,
         base_port=args.base_port,
@@ -176,6 +177,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
     print(f"starting {args.nodes} node(s); logs in {log_dir}")
     fleet.start()
+    router = None
     try:
         fleet.wait_ready(args.ready_timeout)
         for node in fleet.members:
@@ -183,14 +185,77 @@ def cmd_up(args: argparse.Namespace) -> int:
                 f"{node.name}: http {node.http_url}  grpc {node.grpc_url}  "
                 f"metrics {node.metrics_url}"
             )
+        if not args.no_router:
+            router = _start_router(args, fleet, params)
         print("fleet ready; Ctrl-C stops it")
         sys.stdout.flush()
         while not stop.wait(1.0):
             fleet.supervise_once()
+            if router is not None and router.poll() is not None:  # type: ignore[attr-defined]
+                print("the router exited; restarting it")
+                router = _start_router(args, fleet, params)
     finally:
         print("stopping fleet")
+        if router is not None:
+            router.terminate()  # type: ignore[attr-defined]
+            router.wait(timeout=15)  # type: ignore[attr-defined]
         fleet.stop()
     return 0
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    from router.config import ConfigError, load_config
+    from router.server import run
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"mufleet route: {exc}", file=sys.stderr)
+        return 2
+    return run(config)
+
+
+def _start_router(args: argparse.Namespace, fleet: object, params: RenderParams) -> object:
+    """Write the router's configuration for ``fleet`` and start ``mufleet route`` on it."""
+    import subprocess
+
+    from mufleet.router_setup import demo_key, write_router_config
+
+    path = args.router_config or paths.home() / "router.yaml"
+    sim = params.profile == "sim" and params.hardware_profile is not None
+    pair = paths.profiles() / (
+        f"{params.hardware_profile.stem}.json" if sim and params.hardware_profile else ""
+    )
+    if not sim or not pair.exists():
+        pair = paths.profiles() / "tiny-llama_cpu-2core.json"
+    model = params.model_dir or params.tokenizer_dir
+    config = write_router_config(
+        path,
+        fleet.members,  # type: ignore[attr-defined]
+        model_name=model.name.removesuffix("-v1") if model else "tiny-llama",
+        tokenizer_dir=params.tokenizer_dir,
+        pair_profile=pair,
+        http_port=args.router_http_port,
+        grpc_port=args.router_grpc_port,
+        host=args.host,
+    )
+    log_path = (args.log_dir or paths.home() / "logs") / "router.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mufleet.cli", "route", "--config", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=open(log_path, "ab"),  # noqa: SIM115 - the child owns it
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline().strip()
+    if not line.startswith("router ready"):
+        process.kill()
+        raise SystemExit(f"the router did not start; see {log_path}")
+    print(line)
+    print(f"router config {path} (mode 0600); demo tenant key: {demo_key(config)}")
+    return process
 
 
 def cmd_fault(args: argparse.Namespace) -> int:
@@ -272,7 +337,23 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--base-port", type=int, default=8000)
     up.add_argument("--log-dir", type=Path)
     up.add_argument("--ready-timeout", type=float, default=300.0)
+    up.add_argument(
+        "--router-config",
+        type=Path,
+        help="router configuration to write and serve (default: $MUFLEET_HOME/router.yaml)",
+    )
+    up.add_argument("--router-http-port", type=int, default=9000)
+    up.add_argument("--router-grpc-port", type=int, default=9001)
+    up.add_argument("--no-router", action="store_true", help="start the nodes only")
     up.set_defaults(func=cmd_up)
+
+    route = sub.add_parser(
+        "route",
+        help="run the router in front of a fleet",
+        description="Serves OpenAI /v1, KServe v2 HTTP and gRPC, /metrics and /admin.",
+    )
+    route.add_argument("--config", type=Path, required=True, help="router YAML")
+    route.set_defaults(func=cmd_route)
 
     fault = sub.add_parser(
         "fault",

@@ -17,3 +17,8 @@ def model_repository_templates() -> Path:
     if override:
         return Path(override)
     return Path(__file__).resolve().parents[1] / "model_repository"
+
+
+def profiles() -> Path:
+    """The shipped profiles: calibrated pairs, and ``hardware/`` for the sim engine."""
+    return Path(__file__).resolve().parents[1] / "profiles"

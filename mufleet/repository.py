@@ -46,8 +46,10 @@ class RenderParams(BaseModel):
     model_dir: Path | None = Field(None, description="HF checkpoint (cpu profile)")
     engine_dir: Path | None = Field(None, description="TensorRT-LLM engine (trtllm profile)")
     max_batch_size: int = Field(8, ge=1, le=1024)
-    priority_levels: int = Field(3, ge=1, le=16)
-    default_priority_level: int = Field(2, ge=1)
+    priority_levels: int = Field(
+        7, ge=1, le=16, description="the router's levels: canaries, then 3 tiers x 2 price bands"
+    )
+    default_priority_level: int = Field(5, ge=1, description="standard tier, expensive band")
     max_queue_delay_us: int = Field(500, ge=0)
     kv_cache_free_gpu_mem_fraction: float = Field(0.9, gt=0.0, le=1.0)
     enable_kv_cache_reuse: bool = True

@@ -63,6 +63,8 @@ class EngineLoop(Generic[S]):
         self._stop = False
         self._consecutive_failures = 0
         self._hook_failed = False
+        self.last_progress = time.monotonic()
+        """When the engine last completed an iteration (a wedged engine stops moving it)."""
 
     # -- what subclasses provide --------------------------------------------------------
     def step(self) -> object:
@@ -77,9 +79,11 @@ class EngineLoop(Generic[S]):
         level = getattr(getattr(seq, "spec", None), "priority", None)
         return DEFAULT_PRIORITY_LEVEL if level is None else int(level)
 
-    def _iterate(self) -> None:
-        """What the thread does when there is work; engines with fault switches add to it."""
+    def _iterate(self) -> bool:
+        """What the thread does when there is work; False when it made no progress (a
+        hung engine). Engines with fault switches add to it."""
         self.step()
+        return True
 
     # -- queue ----------------------------------------------------------------------------
     def _enqueue(self, seq: S) -> None:
@@ -98,19 +102,30 @@ class EngineLoop(Generic[S]):
         if reason is not None:
             self._fail(seq, f"engine is dead: {reason}")
 
-    def wait_admitted(self, timeout: float | None = None) -> bool:
-        """Block until nothing waits for a slot; False if ``timeout`` passes first.
+    def wait_admitted(
+        self, timeout: float | None = None, stall_timeout: float | None = None
+    ) -> bool:
+        """Block until nothing waits for a slot; False if ``timeout`` passes first, or if
+        the engine completes no iteration for ``stall_timeout`` seconds.
 
         While this blocks, newer requests stay in Triton's priority queue, so a
-        high-priority request overtakes queued lower-priority ones. A dead engine
-        returns at once: its requests have already failed.
+        high-priority request overtakes queued lower-priority ones. A busy engine that
+        keeps iterating holds the caller as long as its queue lasts; a wedged one releases
+        it after ``stall_timeout``. A dead engine returns at once: its requests have
+        already failed.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while self._waiting and not self._stop and self.dead_reason is None:
-                remaining = None if deadline is None else deadline - time.monotonic()
+                now = time.monotonic()
+                remaining = None if deadline is None else deadline - now
                 if remaining is not None and remaining <= 0:
                     return False
+                if stall_timeout is not None:
+                    if now - self.last_progress > stall_timeout:
+                        return False
+                    poll = stall_timeout / 4
+                    remaining = poll if remaining is None else min(remaining, poll)
                 self._cond.wait(remaining)
         return True
 
@@ -221,10 +236,12 @@ class EngineLoop(Generic[S]):
                 if self._stop or self.dead_reason is not None:
                     return
             try:
-                self._iterate()
+                progressed = self._iterate()
             except Exception as exc:
                 self._contain(exc)
                 if self.dead_reason is not None:
                     return
             else:
                 self._consecutive_failures = 0
+                if progressed:
+                    self.last_progress = time.monotonic()

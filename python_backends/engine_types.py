@@ -83,8 +83,11 @@ class Engine(Protocol):
     ) -> int:
         """Queue a request; ``emit`` is called (from the engine thread) with its events."""
 
-    def wait_admitted(self, timeout: float | None = None) -> bool:
-        """Block until no submitted request waits for a slot; False on timeout."""
+    def wait_admitted(
+        self, timeout: float | None = None, stall_timeout: float | None = None
+    ) -> bool:
+        """Block until no submitted request waits for a slot; False on timeout, or when the
+        engine has not iterated for ``stall_timeout`` seconds."""
 
     def start(self) -> None:
         """Start the engine thread."""

@@ -16,9 +16,23 @@ from dataclasses import dataclass, field
 import numpy as np
 from tritonclient.grpc import service_pb2
 
-from router.admission import Admission, PriorityMapper, SessionTable, TenantConfig
+from router.admission import (
+    Admission,
+    PriorityMapper,
+    SessionError,
+    SessionTable,
+    TenantConfig,
+    Ticket,
+)
 from router.cost_model import CostModel, RequestShape
-from router.errors import NoCapacity, RateLimited, RouterError, classify
+from router.errors import (
+    BadRequest,
+    NoCapacity,
+    NotFound,
+    RateLimited,
+    RouterError,
+    classify,
+)
 from router.fleet import NodeTable
 from router.metrics import RouterMetrics
 from router.models import ServedModel
@@ -157,10 +171,10 @@ class Pipeline:
         self.metrics.admitted_mu.labels(job.tenant.name, ticket.kind).inc(ticket.charged_mu)
         if job.session_id is not None:
             try:
-                self.sessions.draw(job.session_id, estimate, now)
-            except Exception as exc:
+                self.sessions.draw(job.session_id, estimate, now, tenant=job.tenant.name)
+            except SessionError as exc:
                 self.admission.refund(ticket, now)
-                raise RateLimited(f"session {job.session_id}: {exc}", 1.0) from exc
+                raise _session_error(job.session_id, exc) from exc
         outcome.priority = self._priority(job, estimate)
         started = time.perf_counter()
         streamed = False
@@ -174,6 +188,8 @@ class Pipeline:
         except BaseException:
             if not streamed:
                 self.admission.refund(ticket, self.clock())
+                if job.session_id is not None:
+                    self.sessions.refund(job.session_id, estimate, self.clock())
                 raise
             self._settle(job, ticket, outcome)
             raise
@@ -181,11 +197,12 @@ class Pipeline:
         self._observe(job, outcome, started)
 
     def _priority(self, job: Job, estimate: float) -> int:
-        """The Triton level: the tenant's tier and price, or what it asked for, clamped."""
-        ceiling = job.tenant.max_priority
-        if job.requested_priority:
-            return max(int(job.requested_priority), ceiling)
-        return self.priorities.level(job.tenant.tier, estimate, 0.0, ceiling)
+        """The Triton level: the tenant's tier and price, or what it asked for, clamped to
+        the tenant's ``max_priority`` (never the canaries' level 1)."""
+        requested = int(job.requested_priority) if job.requested_priority else None
+        return self.priorities.level(
+            job.tenant.tier, estimate, 0.0, job.tenant.max_priority, requested=requested
+        )
 
     async def _forward(
         self, job: Job, mu_by_pair: dict[str, float], outcome: Outcome
@@ -255,12 +272,12 @@ class Pipeline:
     def _session_landed(self, job: Job, node: str) -> None:
         if job.session_id is None:
             return
-        session = self.sessions.get(job.session_id, self.clock())
+        session = self.sessions.get(job.session_id, self.clock(), tenant=job.tenant.name)
         if session is None:
             return
         if session.node == node:
             self.metrics.affinity_hits.labels(job.tenant.name).inc()
-        session.node = node
+        self.sessions.set_node(job.session_id, node, self.clock())
 
     # -- accounting ---------------------------------------------------------------------------
     def _actual(self, job: Job, outcome: Outcome, node: str) -> float:
@@ -268,9 +285,11 @@ class Pipeline:
         shape = RequestShape(prompt_tokens=len(job.prompt_ids), output_tokens=outcome.output_tokens)
         return cost.actual(shape)
 
-    def _settle(self, job: Job, ticket: object, outcome: Outcome) -> None:
+    def _settle(self, job: Job, ticket: Ticket, outcome: Outcome) -> None:
         now = self.clock()
-        self.admission.settle(ticket, outcome.actual_mu, now)  # type: ignore[arg-type]
+        self.admission.settle(ticket, outcome.actual_mu, now)
+        if job.session_id is not None:
+            self.sessions.settle(job.session_id, outcome.estimated_mu, outcome.actual_mu, now)
         self.metrics.settled_mu.labels(job.tenant.name).inc(outcome.actual_mu)
         if outcome.estimated_mu > 0:
             self.metrics.estimate_ratio.labels(job.tenant.name).observe(
@@ -304,3 +323,13 @@ def _tokens(response: service_pb2.ModelInferResponse) -> int:
         return int(np.asarray(lengths).sum())
     ids = read_output(response, "output_ids")
     return 0 if ids is None else int(np.asarray(ids).size)
+
+
+def _session_error(session_id: str, exc: SessionError) -> RouterError:
+    status = getattr(exc, "status_code", 400)
+    message = f"session {session_id}: {exc}"
+    if status == 404:
+        return NotFound(message)
+    if status == 429:
+        return RateLimited(message, 1.0)
+    return BadRequest(message)

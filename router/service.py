@@ -26,9 +26,9 @@ from tritonclient.grpc import service_pb2
 
 from router.admission import Admission, PriorityMapper, SessionError, SessionTable
 from router.api.admin import AdminFront
+from router.api.common import KeyRing
 from router.api.kserve_http import KServeHttpFront
 from router.api.openai import OpenAIFront
-from router.api.common import KeyRing
 from router.config import RouterConfig
 from router.cost_model import CostModel, PairProfile
 from router.errors import BadRequest, NoCapacity, NotFound, RouterError
@@ -219,13 +219,15 @@ class RouterService:
         if max_tokens < 1:
             raise BadRequest(f"max_tokens must be at least 1, got {max_tokens}")
         if len(ids) + max_tokens > model.max_context * max(len(request.inputs), 1):
-            raise BadRequest(f"the prompt plus max_tokens exceeds the context window")
+            raise BadRequest("the prompt plus max_tokens exceeds the context window")
         priority = request.parameters.get("priority")
         timeout = request.parameters.get("timeout")
         session = headers.get("x-session-id")
         if session is None and "session_id" in request.parameters:
             session = request.parameters["session_id"].string_param or None
-        if session is not None and self.sessions.get(session, time.monotonic()) is None:
+        if session is not None and (
+            self.sessions.get(session, time.monotonic(), tenant=tenant.name) is None
+        ):
             raise NotFound(f"session {session!r} does not exist or has expired")
         job = Job(
             tenant=tenant,
@@ -240,8 +242,7 @@ class RouterService:
         if request.id:
             job.request_id = request.id
         if request.outputs and not any(o.name == "sequence_length" for o in request.outputs):
-            if model_name != "tensorrt_llm" or True:
-                request.outputs.add().name = "sequence_length"  # the router counts tokens
+            request.outputs.add().name = "sequence_length"  # the router counts tokens
         return job
 
     def _served_for(self, headers: Mapping[str, str]) -> ServedModel:

@@ -106,13 +106,13 @@ class SimEngine(EngineLoop[_SimSequence]):
         self._enqueue(seq)
         return seq.request_id
 
-    def _iterate(self) -> None:
+    def _iterate(self) -> bool:
         faults = self.faults.current()
         if faults.crash:
             os._exit(CRASH_EXIT_CODE)
         if faults.hang:
             time.sleep(self.faults.poll_s)
-            return
+            return False
         if faults is not self._faults_seen:  # a new file version: count its errors anew
             self._faults_seen, self._errors_raised = faults, 0
         if self._errors_raised < faults.iteration_errors:
@@ -120,6 +120,7 @@ class SimEngine(EngineLoop[_SimSequence]):
             self._admit(faults)  # so that queued requests are the ones running, and fail
             raise RuntimeError("injected fault: engine iteration raised")
         self.step(faults)
+        return True
 
     def step(self, faults: FaultSwitches | None = None) -> float:
         """Run one iteration: schedule, take its time, deliver its tokens.

@@ -54,9 +54,9 @@ def _array(tensor: dict[str, Any], binary: bytes | None) -> np.ndarray:
         raise BadRequest(f"input {name}: data does not fit {datatype}{shape}: {exc}") from None
 
 
-def infer_request_from_json(model: str, body: bytes, header_length: int | None) -> tuple[
-    service_pb2.ModelInferRequest, dict[str, Any]
-]:
+def infer_request_from_json(
+    model: str, body: bytes, header_length: int | None
+) -> tuple[service_pb2.ModelInferRequest, dict[str, Any]]:
     """A KServe JSON (or JSON + binary) infer body as a protobuf request."""
     head = body if header_length is None else body[:header_length]
     blob = b"" if header_length is None else body[header_length:]

@@ -8,6 +8,7 @@ writes are parsed by the template family's parser.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal
@@ -68,10 +69,8 @@ def _template_call(call: dict[str, Any]) -> dict[str, Any]:
     function = dict(call.get("function") or {})
     arguments = function.get("arguments")
     if isinstance(arguments, str):
-        try:
+        with contextlib.suppress(orjson.JSONDecodeError):
             function["arguments"] = orjson.loads(arguments)
-        except orjson.JSONDecodeError:
-            pass
     return {**call, "function": function}
 
 
@@ -239,19 +238,19 @@ class OpenAIFront:
             request=build_request(model.config.triton_model, inputs, outputs=TEXT_OUTPUTS),
             prompt_ids=ids,
             max_tokens=max_tokens,
-            session_id=self._session(request, req),
+            session_id=self._session(request, req, tenant.name),
         )
 
-    def _session(self, request: Request, req: _Sampling) -> str | None:
+    def _session(self, request: Request, req: _Sampling, tenant: str) -> str | None:
         """The agent session a request draws on: ``X-Session-ID``, else an open session
         named by OpenAI's ``user`` field."""
         now = time.monotonic()
         header = request.headers.get("x-session-id")
         if header is not None:
-            if self.service.sessions.get(header, now) is None:
+            if self.service.sessions.get(header, now, tenant=tenant) is None:
                 raise NotFound(f"session {header!r} does not exist or has expired")
             return header
-        if req.user and self.service.sessions.get(req.user, now) is not None:
+        if req.user and self.service.sessions.get(req.user, now, tenant=tenant) is not None:
             return req.user
         return None
 
@@ -354,13 +353,13 @@ class OpenAIFront:
                 finish = "length" if _at_limit(outcome, job, req.n) else "stop"
                 if index in buffered:
                     content, calls = parse("".join(buffered[index]))
-                    delta: dict[str, Any] = {}
+                    last: dict[str, Any] = {}
                     if content:
-                        delta["content"] = content
+                        last["content"] = content
                     if calls:
-                        delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(calls)]
+                        last["tool_calls"] = [{"index": i, **c} for i, c in enumerate(calls)]
                         finish = "tool_calls"
-                    chunk = {"index": index, "delta": delta, "finish_reason": None}
+                    chunk = {"index": index, "delta": last, "finish_reason": None}
                     yield event({**base, "choices": [chunk]})
                 yield event({**base, "choices": [choice(index, None, finish)]})
             if include_usage:

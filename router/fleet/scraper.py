@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sys
 import time
 from collections.abc import Awaitable, Callable
 
@@ -78,6 +79,7 @@ class MetricsScraper:
         self._stop_requested = False
         self._wake: asyncio.Event | None = None
         self._running = False
+        self._polling = False
         self.attempts: dict[str, int] = dict.fromkeys(table.names, 0)
         """Scrapes attempted per node (good or not)."""
 
@@ -99,7 +101,7 @@ class MetricsScraper:
             raise RuntimeError("no fetch: pass one, or call scrape() from within run()")
         self.attempts[node] = self.attempts.get(node, 0) + 1
         try:
-            text = await asyncio.wait_for(fetch(entry.config.metrics_url), self.timeout_s)
+            text = await self._fetch_within_timeout(fetch, entry.config.metrics_url)
             metrics = parse_node_metrics(text, self.clock(), model=entry.config.engine_model)
         except asyncio.TimeoutError:
             error = f"timeout after {self.timeout_s:g} s"
@@ -113,6 +115,14 @@ class MetricsScraper:
         self.table.record_scrape_error(node, error, self.clock())
         return False
 
+    async def _fetch_within_timeout(self, fetch: Fetch, url: str) -> str:
+        if sys.version_info >= (3, 11):
+            # Same task, no cancellation swallowed (3.11's wait_for can lose a cancel that
+            # races with the fetch completing).
+            async with asyncio.timeout(self.timeout_s):
+                return await fetch(url)
+        return await asyncio.wait_for(fetch(url), self.timeout_s)
+
     async def run(self) -> None:
         """Poll until :meth:`stop`; returns within one interval of it."""
         if self._running:
@@ -120,6 +130,7 @@ class MetricsScraper:
         if self._stop_requested:
             return
         self._running = True
+        self._polling = True
         self._wake = asyncio.Event()
         own_fetch = None
         fetch = self._fetch
@@ -137,6 +148,7 @@ class MetricsScraper:
         try:
             await self._wake.wait()
         finally:
+            self._polling = False  # a poll loop that missed its cancellation ends at its next tick
             for task in tasks:
                 task.cancel()
             if tasks:
@@ -152,7 +164,7 @@ class MetricsScraper:
         start = loop.time() + offset_s
         await asyncio.sleep(offset_s)
         tick = 0
-        while True:
+        while self._polling:
             await self.scrape(node, fetch)
             now = loop.time()
             # The next tick still ahead (ticks missed by a slow fetch are skipped).

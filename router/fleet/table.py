@@ -480,8 +480,24 @@ class NodeTable:
 
     def snapshot(self, now: float) -> list[NodeSnapshot]:
         """One snapshot per node, in table order, as of ``now``."""
-        entry = self._snapshot_entry
-        return [entry(e, now) for e in self._order]
+        # _snapshot_entry inlined: this runs for every node on every request.
+        out: list[NodeSnapshot] = []
+        append = out.append
+        fields_of = self._fields_of
+        for e in self._order:
+            m = e.metrics
+            if m is None:
+                age = math.inf
+            else:
+                age = now - m.scraped_at
+                if age < 0.0:
+                    age = 0.0
+            snap = e._snapshot
+            if snap is None or snap.metrics_age_s != age:
+                snap = _make_snapshot(e._fields or fields_of(e), age)
+                e._snapshot = snap
+            append(snap)
+        return out
 
     def admin_view(self, now: float) -> list[dict[str, Any]]:
         """One JSON-ready dict per node for the admin API (no NaN or infinity: unknown is null)."""

@@ -4,7 +4,8 @@ Models cost-based routing over a heterogeneous fleet, with cache and session awa
 *credits* on the price rather than as rules (the weighted-scorer design of llm-d, priced in
 MU as in ``router/README.md``). For each candidate node ``n``::
 
-    cost_n = (inflight_mu_n + reserved_mu_n + mu_n · (1 − prefill_share · credit_n)) / capacity_mu_s_n
+    cost_n = (inflight_mu_n + reserved_mu_n + mu_n · (1 − prefill_share · credit_n))
+             / capacity_mu_s_n
            + staleness_s_per_s · max(0, metrics_age_s_n − stale_after_s)
            + queue_weight · queued_requests_n · mean_request_mu / capacity_mu_s_n
 
@@ -60,6 +61,9 @@ class MuCostParams(PolicyParams):
     """Sessions remembered (least recently routed forgotten first)."""
     block_capacity: int = Field(32_768, gt=0)
     """Blocks the prefix index remembers per node and model."""
+    index_tokens: int = Field(64, ge=1)
+    """Granularity of the prefix index in tokens: every (index_tokens // block_size)-th
+    block is indexed, so matches are exact to within that many tokens (1: every block)."""
     ttl_s: float | None = Field(None, gt=0.0)
     """Forget cached blocks not used for this long (``None``: LRU only)."""
     stale_after_s: float = Field(5.0, ge=0.0)
@@ -80,16 +84,23 @@ class MuCost(ScoringPolicy[MuCostParams]):
 
     def __init__(self, params: MuCostParams | None = None) -> None:
         super().__init__(params or MuCostParams())
-        self.indexes: dict[str, PrefixIndex] = {}
+        self.indexes: dict[tuple[str, int], PrefixIndex] = {}
         self.sessions: OrderedDict[str, str] = OrderedDict()
         self.mean_request_mu = self.params.initial_request_mu
-        self._static: tuple[int, FloatArray, FloatArray] = (-1, np.zeros(0), np.zeros(0))
-        self._credits: dict[int, float] = {}
+        self._static: FloatArray = np.zeros(0)
+        """Per row: load_ratio plus the staleness penalty, in seconds."""
+        self._queue: FloatArray = np.zeros(0)
+        """Per row: queued requests over capacity (× mean request MU → seconds)."""
+        self._credit: FloatArray | None = None
 
-    def index(self, model: str) -> PrefixIndex:
-        index = self.indexes.get(model)
+    def index(self, request: RequestView) -> PrefixIndex:
+        """The prefix index for the request's model and block size."""
+        key = (request.model, request.block_size)
+        index = self.indexes.get(key)
         if index is None:
-            index = self.indexes[model] = PrefixIndex(self.params.block_capacity, self.params.ttl_s)
+            p = self.params
+            stride = max(1, p.index_tokens // max(request.block_size, 1))
+            index = self.indexes[key] = PrefixIndex(p.block_capacity, p.ttl_s, stride=stride)
         return index
 
     def prefill_share(self, request: RequestView) -> float:
@@ -103,64 +114,72 @@ class MuCost(ScoringPolicy[MuCostParams]):
         expected = self.params.expected_output_ratio * request.max_tokens
         return prompt / (prompt + self.params.output_token_weight * expected)
 
-    def credits(self, request: RequestView, table: NodeTable, now: float) -> dict[int, float]:
-        """Row → credit (fraction of the prompt expected in that node's KV), nonzero only."""
-        out: dict[int, float] = {}
-        index = table.index
+    def credits(self, request: RequestView, table: NodeTable, now: float) -> FloatArray | None:
+        """Per row, the fraction of the prompt expected in that node's KV (``None``: none)."""
+        credit = None
         prompt = request.prompt_tokens
         if request.block_hashes and prompt > 0:
-            per_block = request.block_size / prompt
-            for name, blocks in self.index(request.model).match(request.block_hashes, now).items():
-                row = index.get(name)
-                if row is not None:
-                    out[row] = min(1.0, blocks * per_block)
-        credit = self.params.session_credit
-        if request.session_id is not None and credit > 0.0:
+            index = self.index(request)
+            blocks = index.matched_blocks(request.block_hashes, table.names, now)
+            if blocks is not None:
+                credit = np.minimum(blocks * (request.block_size / prompt), 1.0)
+        session = self.params.session_credit
+        if request.session_id is not None and session > 0.0:
             last = self.sessions.get(request.session_id)
-            row = None if last is None else index.get(last)
-            if row is not None and out.get(row, 0.0) < credit:
-                out[row] = credit
-        return out
+            row = None if last is None else table.index.get(last)
+            if row is not None:
+                if credit is None:
+                    credit = np.zeros(len(table))
+                if credit[row] < session:
+                    credit[row] = session
+        return credit
 
-    def _static_cost(self, table: NodeTable) -> tuple[FloatArray, FloatArray]:
-        version, static, queue = self._static
-        if version != table.version:
-            p = self.params
-            static = (table.inflight_mu + table.reserved_mu) * table.inv_capacity
-            if p.staleness_s_per_s > 0.0:
-                stale = np.maximum(table.metrics_age - p.stale_after_s, 0.0)
-                static = static + p.staleness_s_per_s * stale
-            queue = table.queued_requests * table.inv_capacity
-            self._static = (table.version, static, queue)
-        return static, queue
+    def table_rebuilt(self, table: NodeTable) -> None:
+        p = self.params
+        static = table.load_ratio.copy()
+        if p.staleness_s_per_s > 0.0:
+            static += p.staleness_s_per_s * np.maximum(table.metrics_age - p.stale_after_s, 0.0)
+        self._static = static
+        self._queue = table.queued_requests * table.inv_capacity
+
+    def rows_changed(self, table: NodeTable, rows: list[int]) -> None:
+        p = self.params
+        static, queue, nodes = self._static, self._queue, table.nodes
+        for i in rows:
+            s = nodes[i]
+            inv = 1.0 / max(s.capacity_mu_s, 1e-9)
+            cost = (s.inflight_mu + s.reserved_mu) * inv
+            if s.metrics_age_s > p.stale_after_s:
+                cost += p.staleness_s_per_s * (s.metrics_age_s - p.stale_after_s)
+            static[i] = cost
+            queue[i] = s.queued_requests * inv
 
     def score(
         self, request: RequestView, table: NodeTable, mask: BoolArray, now: float
     ) -> FloatArray:
-        static, queue = self._static_cost(table)
-        own = table.request_mu(request) * table.inv_capacity
-        cost = static + own
+        own = table.request_mu(request)
+        own *= table.inv_capacity
+        cost = self._static + own
         wait = self.params.queue_weight * self.mean_request_mu
         if wait > 0.0:
-            cost += queue * wait
-        credits = self.credits(request, table, now)
-        if credits:
-            share = self.prefill_share(request)
-            for row, credit in credits.items():
-                cost[row] -= own[row] * share * credit
-        self._credits = credits
+            cost += self._queue * wait
+        credit = self._credit = self.credits(request, table, now)
+        if credit is not None:
+            own *= credit
+            own *= self.prefill_share(request)
+            cost -= own
         np.negative(cost, out=cost)
         return cost
 
     def explain(self, request: RequestView, table: NodeTable, i: int, scores: FloatArray) -> str:
-        credit = self._credits.get(i, 0.0)
+        credit = 0.0 if self._credit is None else float(self._credit[i])
         if credit:
             return f"cost {-scores[i]:.4g} s, {credit:.0%} of the prompt credited as cached"
         return f"cost {-scores[i]:.4g} s"
 
     def on_routed(self, request: RequestView, node: str, now: float) -> None:
         if request.block_hashes:
-            self.index(request.model).insert(node, request.block_hashes, now)
+            self.index(request).insert(node, request.block_hashes, now)
         if request.session_id is not None:
             sessions = self.sessions
             sessions[request.session_id] = node

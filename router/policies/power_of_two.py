@@ -47,7 +47,7 @@ class PowerOfTwo(ScoringPolicy[PowerOfTwoParams]):
     def score(
         self, request: RequestView, table: NodeTable, mask: BoolArray, now: float
     ) -> FloatArray:
-        return -table.load_ratio()
+        return -table.load_ratio
 
     def explain(self, request: RequestView, table: NodeTable, i: int, scores: FloatArray) -> str:
         return f"less loaded of two: load_ratio {-scores[i]:.4g} s"

@@ -23,7 +23,10 @@ from array import array
 from collections import OrderedDict, deque
 from collections.abc import Container, Sequence
 from hashlib import blake2b
-from itertools import repeat
+from itertools import islice, repeat
+
+import numpy as np
+from numpy.typing import NDArray
 
 __all__ = ["ROOT_HASH", "PrefixIndex", "block_hashes"]
 
@@ -56,60 +59,210 @@ def block_hashes(
     return tuple(out)
 
 
-Holders = str | set[str]
-"""The nodes that hold one block: a bare name for the (common) single holder, else a set."""
-
-
-def _size(holders: Holders | None) -> int:
-    if holders is None:
-        return 0
-    if holders.__class__ is str:
-        return 1
-    return len(holders)
-
-
-def _as_set(holders: Holders | None) -> set[str]:
-    if holders is None:
-        return set()
-    if isinstance(holders, str):
-        return {holders}
-    return set(holders)
-
-
 class PrefixIndex:
-    """Per-node LRU of block hashes, plus a reverse index hash → holders, for one model.
+    """Per-node LRU of block hashes plus a reverse index block → holders, for one model.
+
+    Holders are Python ints used as bitmasks over node ids (ids are given out on a node's
+    first insert), so the set algebra of a lookup runs in C whatever the fleet size.
 
     Invariant that makes lookups cheap: a node's set of blocks is *prefix-closed* — if it
     holds a block it holds all of that block's ancestors. :meth:`insert` keeps it by
-    touching a request's blocks tail first and head last (so a block is never older than
-    its descendants, as in vLLM's eviction order), and LRU eviction and TTL expiry then
-    always drop descendants before ancestors. Hence along one request's chain the holder
-    sets shrink monotonically, and :meth:`match` finds every node's matched length with a
-    few binary searches (O(changes × log blocks)) instead of one lookup per block and node.
-    Chains that are not prefix-closed (arbitrary ids) still work, less exactly.
+    touching a request's blocks tail first and head last (so a block is never less recent
+    than its descendants, as in vLLM's eviction order); LRU eviction and TTL expiry then
+    always drop descendants before ancestors. Along one request's chain the holder sets
+    therefore shrink monotonically, and :meth:`match` finds every node's matched length
+    with a few binary searches (O(distinct lengths × log blocks)), not a lookup per block
+    and node. Ids that are not prefix-closed (arbitrary per-block ids) still work, less
+    exactly.
+
+    TTL: blocks not used for ``ttl_s`` are dropped (exactly, assuming ``now`` never goes
+    back); the index keeps one ``(time, node)`` entry per insert to find them.
+
+    ``stride``: index only every ``stride``-th block (blocks ``stride − 1``, ``2·stride − 1``,
+    …). Chained hashes make each indexed block stand for its whole prefix, so matching is
+    exact to within ``stride`` blocks (a match is rounded *down* to a multiple of
+    ``stride``) and every table operation is ``stride`` times cheaper — the trade llm-d's
+    approximate prefix scorer makes with its 64-token hash blocks. Capacity is still
+    counted in blocks.
     """
 
-    def __init__(self, capacity_blocks: int, ttl_s: float | None = None) -> None:
+    def __init__(
+        self, capacity_blocks: int, ttl_s: float | None = None, *, stride: int = 1
+    ) -> None:
         if capacity_blocks <= 0:
             raise ValueError(f"capacity_blocks must be positive, got {capacity_blocks}")
+        if ttl_s is not None and ttl_s <= 0:
+            raise ValueError(f"ttl_s must be positive, got {ttl_s}")
+        if stride <= 0:
+            raise ValueError(f"stride must be positive, got {stride}")
         self.capacity_blocks = capacity_blocks
         self.ttl_s = ttl_s
-        self._holders: dict[int, Holders] = {}
-        self._lru: dict[str, OrderedDict[int, float]] = {}
-        self._touches: deque[tuple[float, str]] = deque()
-        """(time, node) of each insert, oldest first: which LRUs may hold expired blocks."""
+        self.stride = stride
+        self._capacity = max(1, capacity_blocks // stride)
+        self._holders: dict[int, int] = {}
+        """block → bitmask of node ids holding it (0: none; such keys are compacted away)."""
+        self._dead = 0
+        self._ids: dict[str, int] = {}
+        self._names: list[str] = []
+        self._lru: list[OrderedDict[int, float]] = []
+        """Per node id: block → last use, least recently used first."""
+        self._touches: deque[tuple[float, int]] = deque()
+        self._rows_key: tuple[tuple[str, ...] | None, int] = (None, 0)
+        self._rows: NDArray[np.intp] = np.zeros(0, dtype=np.intp)
+
+    # -- introspection ------------------------------------------------------------------
 
     def __len__(self) -> int:
-        """Distinct blocks held by at least one node."""
-        return len(self._holders)
+        """Distinct indexed blocks held by at least one node."""
+        return sum(1 for v in self._holders.values() if v)
 
     def blocks_on(self, node: str) -> int:
-        lru = self._lru.get(node)
-        return 0 if lru is None else len(lru)
+        """Blocks the index believes ``node`` holds (indexed blocks × ``stride``)."""
+        nid = self._ids.get(node)
+        return 0 if nid is None else len(self._lru[nid]) * self.stride
 
     def holds(self, node: str, block: int) -> bool:
-        lru = self._lru.get(node)
-        return lru is not None and block in lru
+        """Whether ``node`` holds indexed block hash ``block``."""
+        nid = self._ids.get(node)
+        return nid is not None and block in self._lru[nid]
+
+    def _sample(self, hashes: Sequence[int]) -> Sequence[int]:
+        stride = self.stride
+        return hashes if stride == 1 else hashes[stride - 1 :: stride]
+
+    # -- lookups ------------------------------------------------------------------------
+
+    def _levels(self, blocks: Sequence[int]) -> list[tuple[int, int]]:
+        """Disjoint (node-id mask, matched blocks) groups, longest match last."""
+        hashes = self._sample(blocks)
+        stride = self.stride
+        n = len(hashes)
+        if n == 0:
+            return []
+        get = self._holders.get
+        cur = get(hashes[0], 0)
+        out: list[tuple[int, int]] = []
+        lo = 0  # every node in ``cur`` holds blocks 0..lo
+        while cur:
+            if (get(hashes[n - 1], 0) & cur) == cur:
+                out.append((cur, n * stride))
+                break
+            a, b = lo, n - 1  # all of cur hold a, not all hold b
+            while b - a > 1:
+                m = (a + b) // 2
+                if (get(hashes[m], 0) & cur) == cur:
+                    a = m
+                else:
+                    b = m
+            nxt = cur & get(hashes[b], 0)
+            out.append((cur & ~nxt, b * stride))
+            cur, lo = nxt, b
+        return out
+
+    def match(self, hashes: Sequence[int], now: float = 0.0) -> dict[str, int]:
+        """Node → number of leading blocks of ``hashes`` it holds (nodes with none left out)."""
+        self._expire(now)
+        names = self._names
+        out: dict[str, int] = {}
+        for mask, blocks in self._levels(hashes):
+            while mask:
+                low = mask & -mask
+                out[names[low.bit_length() - 1]] = blocks
+                mask ^= low
+        return out
+
+    def matched_blocks(
+        self, hashes: Sequence[int], names: tuple[str, ...], now: float = 0.0
+    ) -> NDArray[np.float64] | None:
+        """Leading blocks of ``hashes`` held by each of ``names`` (``None``: no node holds
+        any). Vectorised for policies; the name → id map is cached per ``names`` tuple."""
+        self._expire(now)
+        levels = self._levels(hashes)
+        if not levels:
+            return None
+        n_ids = len(self._names)
+        by_id = np.zeros(n_ids + 1)  # the last slot answers for names the index never saw
+        nbytes = (n_ids + 7) // 8
+        for mask, blocks in levels:
+            if mask.bit_count() <= 8:
+                while mask:
+                    low = mask & -mask
+                    by_id[low.bit_length() - 1] = blocks
+                    mask ^= low
+            else:
+                bits = np.unpackbits(
+                    np.frombuffer(mask.to_bytes(nbytes, "little"), dtype=np.uint8),
+                    count=n_ids,
+                    bitorder="little",
+                )
+                by_id[:n_ids][bits.view(bool)] = blocks
+        return by_id[self._row_ids(names)]
+
+    def _row_ids(self, names: tuple[str, ...]) -> NDArray[np.intp]:
+        key = (names, len(self._names))
+        cached, count = self._rows_key
+        if cached is not names or count != key[1]:
+            get = self._ids.get
+            missing = len(self._names)
+            self._rows = np.fromiter(
+                (get(name, missing) for name in names), dtype=np.intp, count=len(names)
+            )
+            self._rows_key = key
+        return self._rows
+
+    # -- learning -----------------------------------------------------------------------
+
+    def _id(self, node: str) -> int:
+        nid = self._ids.get(node)
+        if nid is None:
+            nid = self._ids[node] = len(self._names)
+            self._names.append(node)
+            self._lru.append(OrderedDict())
+        return nid
+
+    def insert(self, node: str, blocks: Sequence[int], now: float = 0.0) -> None:
+        """``node`` was sent a request with these blocks: it now holds (and just used) them."""
+        self._expire(now)
+        hashes = self._sample(blocks)
+        if not hashes:
+            return
+        nid = self._id(node)
+        bit = 1 << nid
+        lru = self._lru[nid]
+        holders = self._holders
+        held = _leading(hashes, lru)
+        rest = hashes[held:]
+        if rest:
+            if holders.keys().isdisjoint(rest):
+                holders.update(dict.fromkeys(rest, bit))
+            else:
+                merged = map(bit.__or__, map(holders.get, rest, repeat(0)))
+                holders.update(zip(rest, merged, strict=True))
+            # new blocks in, tail first: the head ends up the most recently used
+            deque(map(lru.__setitem__, reversed(rest), repeat(now)), maxlen=0)
+        if held:
+            again = hashes[held - 1 :: -1]
+            deque(map(lru.move_to_end, again), maxlen=0)
+            if self.ttl_s is not None:
+                deque(map(lru.__setitem__, again, repeat(now)), maxlen=0)
+        if self.ttl_s is not None and (not self._touches or self._touches[-1] != (now, nid)):
+            self._touches.append((now, nid))
+        excess = len(lru) - self._capacity
+        if excess > 0:
+            self._drop(nid, list(islice(lru, excess)))
+
+    def _drop(self, nid: int, blocks: list[int]) -> None:
+        """Forget that node ``nid`` holds ``blocks`` (all of which it holds)."""
+        lru = self._lru[nid]
+        deque(map(lru.pop, blocks), maxlen=0)
+        holders = self._holders
+        keep = ~(1 << nid)
+        masks = list(map(keep.__and__, map(holders.get, blocks, repeat(0))))
+        holders.update(zip(blocks, masks, strict=True))
+        self._dead += masks.count(0)
+        if self._dead > 1024 and self._dead * 2 > len(holders):
+            self._holders = {b: m for b, m in holders.items() if m}
+            self._dead = 0
 
     def _expire(self, now: float) -> None:
         ttl = self.ttl_s
@@ -118,132 +271,37 @@ class PrefixIndex:
         cutoff = now - ttl
         touches = self._touches
         while touches and touches[0][0] < cutoff:
-            _, node = touches.popleft()
-            lru = self._lru.get(node)
-            while lru:
-                block, seen = next(iter(lru.items()))
+            _, nid = touches.popleft()
+            lru = self._lru[nid]
+            old = []
+            for block, seen in lru.items():
                 if seen >= cutoff:
                     break
-                lru.popitem(last=False)
-                self._drop_holder(block, node)
-
-    def _drop_holder(self, block: int, node: str) -> None:
-        holders = self._holders.get(block)
-        if holders is None:
-            return
-        if isinstance(holders, str):
-            if holders == node:
-                del self._holders[block]
-            return
-        holders.discard(node)
-        if len(holders) == 1:
-            self._holders[block] = next(iter(holders))
-        elif not holders:
-            del self._holders[block]
-
-    @staticmethod
-    def _leading(hashes: Sequence[int], held: Container[int], lo: int = 0) -> int:
-        """Length of the leading run of ``hashes`` in ``held`` (a binary search, valid because
-        held sets are prefix-closed); the first ``lo`` blocks are known to be held."""
-        has = held.__contains__
-        n = len(hashes)
-        if lo >= n or not has(hashes[lo]):
-            return lo
-        if has(hashes[n - 1]):
-            return n
-        a, b = lo, n - 1  # a held, b not
-        while b - a > 1:
-            m = (a + b) // 2
-            if has(hashes[m]):
-                a = m
-            else:
-                b = m
-        return a + 1
-
-    def match(self, hashes: Sequence[int], now: float = 0.0) -> dict[str, int]:
-        """Node → number of leading blocks of ``hashes`` it holds (nodes with none omitted)."""
-        self._expire(now)
-        n = len(hashes)
-        if n == 0:
-            return {}
-        get = self._holders.get
-        first = get(hashes[0])
-        if first is None:
-            return {}
-        out: dict[str, int] = {}
-        cur: Holders = first
-        size = _size(cur)
-        lo = 0  # every node in ``cur`` holds blocks 0..lo
-        while True:
-            if _size(get(hashes[n - 1])) == size:
-                k = n - 1
-            else:
-                a, b = lo, n - 1  # size(a) == size, size(b) < size
-                while b - a > 1:
-                    m = (a + b) // 2
-                    if _size(get(hashes[m])) == size:
-                        a = m
-                    else:
-                        b = m
-                k = a
-            if k == n - 1:
-                for node in _as_set(cur):
-                    out[node] = n
-                return out
-            nxt = get(hashes[k + 1])
-            nxt_set = _as_set(nxt)
-            for node in _as_set(cur) - nxt_set:
-                out[node] = k + 1
-            if not nxt_set:
-                return out
-            cur, size, lo = nxt_set, len(nxt_set), k + 1
-
-    def insert(self, node: str, hashes: Sequence[int], now: float = 0.0) -> None:
-        """``node`` was sent a request with these blocks: it now holds (and just used) them."""
-        self._expire(now)
-        if not hashes:
-            return
-        lru = self._lru.get(node)
-        if lru is None:
-            lru = self._lru[node] = OrderedDict()
-        holders = self._holders
-        held = self._leading(hashes, lru)
-        known = self._leading(hashes, holders, held)
-        # Reverse index: blocks no node held get this node as their only holder (bulk, in C);
-        # blocks other nodes hold gain this node.
-        tail = hashes[known:]
-        if tail and holders.keys().isdisjoint(tail):
-            holders.update(dict.fromkeys(tail, node))
-            shared = hashes[held:known]
-        else:  # not prefix-closed (arbitrary ids): take every block the slow way
-            shared = hashes[held:]
-        for block in shared:
-            cur = holders.get(block)
-            if cur is None:
-                holders[block] = node
-            elif isinstance(cur, str):
-                if cur != node:
-                    holders[block] = {cur, node}
-            else:
-                cur.add(node)
-        # LRU: re-insert the held blocks and add the new ones, tail first, head last.
-        if held:
-            deque(map(lru.pop, hashes[:held], repeat(None)), maxlen=0)
-        lru.update(dict.fromkeys(reversed(hashes), now))
-        if self.ttl_s is not None and (not self._touches or self._touches[-1] != (now, node)):
-            self._touches.append((now, node))
-        excess = len(lru) - self.capacity_blocks
-        if excess > 0:
-            popitem = lru.popitem
-            drop = self._drop_holder
-            for _ in range(excess):
-                block, _seen = popitem(last=False)
-                drop(block, node)
+                old.append(block)
+            if old:
+                self._drop(nid, old)
 
     def forget(self, node: str) -> None:
         """``node`` lost its KV cache (restart) or left the fleet."""
-        lru = self._lru.pop(node, None)
-        if lru is None:
-            return
-        for block in lru:
-            self._drop_holder(block, node)
+        nid = self._ids.get(node)
+        if nid is not None and self._lru[nid]:
+            self._drop(nid, list(self._lru[nid]))
+
+
+def _leading(hashes: Sequence[int], held: Container[int]) -> int:
+    """Length of the leading run of ``hashes`` in ``held``: a binary search, valid because
+    a node's blocks are prefix-closed."""
+    has = held.__contains__
+    n = len(hashes)
+    if not has(hashes[0]):
+        return 0
+    if has(hashes[n - 1]):
+        return n
+    a, b = 0, n - 1  # a held, b not
+    while b - a > 1:
+        m = (a + b) // 2
+        if has(hashes[m]):
+            a = m
+        else:
+            b = m
+    return a + 1

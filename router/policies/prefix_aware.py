@@ -27,6 +27,9 @@ __all__ = ["PrefixAware", "PrefixAwareParams"]
 class PrefixAwareParams(PolicyParams):
     block_capacity: int = Field(32_768, gt=0)
     """Blocks the index remembers per node and model (≈ the node's KV cache in blocks)."""
+    index_tokens: int = Field(64, ge=1)
+    """Granularity of the prefix index in tokens: every (index_tokens // block_size)-th
+    block is indexed, so matches are exact to within that many tokens (1: every block)."""
     ttl_s: float | None = Field(None, gt=0.0)
     """Forget blocks not used for this long (``None``: only LRU eviction)."""
     load_gap_s: float = Field(2.0, ge=0.0)
@@ -40,31 +43,32 @@ class PrefixAware(ScoringPolicy[PrefixAwareParams]):
 
     def __init__(self, params: PrefixAwareParams | None = None) -> None:
         super().__init__(params or PrefixAwareParams())
-        self.indexes: dict[str, PrefixIndex] = {}
+        self.indexes: dict[tuple[str, int], PrefixIndex] = {}
 
-    def index(self, model: str) -> PrefixIndex:
-        index = self.indexes.get(model)
+    def index(self, request: RequestView) -> PrefixIndex:
+        """The prefix index for the request's model and block size."""
+        key = (request.model, request.block_size)
+        index = self.indexes.get(key)
         if index is None:
-            index = self.indexes[model] = PrefixIndex(self.params.block_capacity, self.params.ttl_s)
+            p = self.params
+            stride = max(1, p.index_tokens // max(request.block_size, 1))
+            index = self.indexes[key] = PrefixIndex(p.block_capacity, p.ttl_s, stride=stride)
         return index
 
     def filter(
         self, request: RequestView, table: NodeTable, mask: BoolArray, now: float
     ) -> BoolArray:
-        load = table.load_ratio()
+        load = table.load_ratio
         return mask & (load <= float(load[mask].min()) + self.params.load_gap_s)
 
     def score(
         self, request: RequestView, table: NodeTable, mask: BoolArray, now: float
     ) -> FloatArray:
-        matched = np.zeros(len(table))
+        matched = None
         if request.block_hashes:
-            index = table.index
-            for name, blocks in self.index(request.model).match(request.block_hashes, now).items():
-                row = index.get(name)
-                if row is not None:
-                    matched[row] = blocks
-        return matched
+            index = self.index(request)
+            matched = index.matched_blocks(request.block_hashes, table.names, now)
+        return np.zeros(len(table)) if matched is None else matched
 
     def pick(
         self, request: RequestView, table: NodeTable, mask: BoolArray, scores: FloatArray
@@ -72,7 +76,7 @@ class PrefixAware(ScoringPolicy[PrefixAwareParams]):
         masked = np.where(mask, scores, -np.inf)
         ties = np.flatnonzero((masked == masked.max()) & mask)
         if ties.size > 1:
-            load = table.load_ratio()[ties]
+            load = table.load_ratio[ties]
             ties = ties[load == load.min()]
         if ties.size > 1:
             return int(ties[np.argmin(table.rank[ties])])
@@ -86,7 +90,7 @@ class PrefixAware(ScoringPolicy[PrefixAwareParams]):
 
     def on_routed(self, request: RequestView, node: str, now: float) -> None:
         if request.block_hashes:
-            self.index(request.model).insert(node, request.block_hashes, now)
+            self.index(request).insert(node, request.block_hashes, now)
 
     def on_kv_lost(self, nodes: list[str]) -> None:
         for index in self.indexes.values():

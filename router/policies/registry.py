@@ -15,7 +15,14 @@ from pydantic import BaseModel, ValidationError
 
 from router.policies.base import Policy
 
-__all__ = ["DEFAULT_POLICY", "POLICIES", "PolicyConfigError", "PolicySpec", "build_policy", "register"]
+__all__ = [
+    "DEFAULT_POLICY",
+    "POLICIES",
+    "PolicyConfigError",
+    "PolicySpec",
+    "build_policy",
+    "register",
+]
 
 DEFAULT_POLICY = "mu_cost"
 

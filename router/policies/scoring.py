@@ -39,7 +39,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
-from router.policies.base import Decision, NodeSnapshot, NodeState, NoCandidateError, RequestView
+from router.policies.base import Decision, NoCandidateError, NodeSnapshot, NodeState, RequestView
 
 __all__ = ["NodeTable", "PolicyParams", "ScoreMap", "ScoringPolicy", "unit_hash"]
 
@@ -65,6 +65,19 @@ def unit_hash(*parts: str) -> float:
     return int.from_bytes(digest, "little") / 2.0**64
 
 
+_COLUMNS = (
+    "capacity_mu_s",
+    "",  # 1 / capacity
+    "inflight_mu",
+    "reserved_mu",
+    "",  # load_ratio
+    "inflight_requests",
+    "queued_requests",
+    "kv_used_fraction",
+    "metrics_age_s",
+)
+
+
 class NodeTable:
     """Columns of the last snapshot list (one row per node, in the caller's order).
 
@@ -85,6 +98,7 @@ class NodeTable:
         self._pair_ids: dict[str, int] = {}
         self.pair_idx: IntArray = np.zeros(0, dtype=np.intp)
         empty = np.zeros(0)
+        self._cols = np.zeros((len(_COLUMNS), 0))
         self.capacity: FloatArray = empty
         self.inv_capacity: FloatArray = empty
         self.inflight_mu: FloatArray = empty
@@ -101,46 +115,49 @@ class NodeTable:
         """Nodes seen entering ``RESTARTING`` (their KV cache is gone); drained by policies."""
         self.version = 0
         self.layout = 0
+        self.load_ratio: FloatArray = empty
+        """``NodeSnapshot.load_ratio`` of every row."""
+        self.in_name_order = True
+        """Rows are in name order (then the first best row is also the tie-break winner)."""
         self._serves: dict[str, BoolArray] = {}
-        self._load_ratio: tuple[int, FloatArray] = (-1, empty)
+        self._eligible: dict[str, BoolArray] = {}
 
     def __len__(self) -> int:
         return len(self.nodes)
 
     # -- keeping in step with the caller's snapshots -------------------------------------
 
-    def sync(self, nodes: Sequence[NodeSnapshot], now: float) -> None:
+    def sync(self, nodes: Sequence[NodeSnapshot], now: float) -> list[int] | None:
+        """Catch up with ``nodes``: the rows rewritten, or ``None`` if the table was rebuilt."""
         prev = self.nodes
         if nodes is prev:
-            return
+            return []
         n = len(nodes)
         if n != len(prev) or n == 0:
             self._rebuild(nodes, now)
-            return
-        flags = list(map(operator.is_not, prev, nodes))
+            return None
+        flags = bytes(map(operator.is_not, prev, nodes))  # 1 where the snapshot was replaced
         changed: list[int] = []
-        find = flags.index
-        i = -1
-        try:
-            while True:
-                i = find(True, i + 1)
-                changed.append(i)
-        except ValueError:
-            pass
+        find = flags.find
+        i = find(1)
+        while i >= 0:
+            changed.append(i)
+            i = find(1, i + 1)
         if not changed:
-            return
-        if len(changed) * 8 > n:
+            return changed
+        if len(changed) > 8 + n // 4:  # rewriting rows costs more than a rebuild
             self._rebuild(nodes, now)
-            return
+            return None
         new = nodes if isinstance(nodes, tuple) else tuple(nodes)
         for i in changed:
             if new[i].name != prev[i].name:
                 self._rebuild(new, now)
-                return
+                return None
         for i in changed:
-            self._set_row(i, new[i], prev[i].state, now)
+            self._set_row(i, new[i], prev[i], now)
         self.nodes = new
         self.version += 1
+        return changed
 
     def _rebuild(self, nodes: Sequence[NodeSnapshot], now: float) -> None:
         new = nodes if isinstance(nodes, tuple) else tuple(nodes)
@@ -158,23 +175,30 @@ class NodeTable:
             self.sorted_names = tuple(sorted(names))
             order = {name: r for r, name in enumerate(self.sorted_names)}
             self.rank = np.fromiter((order[x] for x in names), dtype=np.intp, count=n)
+            self.in_name_order = names == self.sorted_names
         pair_idx = np.empty(n, dtype=np.intp)
         for i, s in enumerate(new):
             pair_idx[i] = self._pair_id(s.pair)
         self.pair_idx = pair_idx
 
-        def column(attr: str) -> FloatArray:
-            get = operator.attrgetter(attr)
-            return np.fromiter(map(get, new), dtype=np.float64, count=n)
-
-        self.capacity = column("capacity_mu_s")
-        self.inv_capacity = 1.0 / np.maximum(self.capacity, 1e-9)
-        self.inflight_mu = column("inflight_mu")
-        self.reserved_mu = column("reserved_mu")
-        self.inflight_requests = column("inflight_requests")
-        self.queued_requests = column("queued_requests")
-        self.kv_used = column("kv_used_fraction")
-        self.metrics_age = column("metrics_age_s")
+        cols = np.empty((len(_COLUMNS), n))
+        for j, attr in enumerate(_COLUMNS):
+            if attr:
+                cols[j] = np.fromiter(map(operator.attrgetter(attr), new), np.float64, n)
+        cols[1] = 1.0 / np.maximum(cols[0], 1e-9)
+        cols[4] = (cols[2] + cols[3]) * cols[1]
+        self._cols = cols
+        (
+            self.capacity,
+            self.inv_capacity,
+            self.inflight_mu,
+            self.reserved_mu,
+            self.load_ratio,
+            self.inflight_requests,
+            self.queued_requests,
+            self.kv_used,
+            self.metrics_age,
+        ) = cols
         states = [s.state for s in new]
         self.routable = np.fromiter((st.routable for st in states), dtype=bool, count=n)
         self.probation = np.fromiter(
@@ -182,13 +206,14 @@ class NodeTable:
         )
         self.n_probation = int(self.probation.sum())
         since = {}
-        for name, st in zip(names, states):
+        for name, st in zip(names, states, strict=True):
             if st is NodeState.PROBATION:
                 since[name] = self.probation_since.get(name, now)
             if st is NodeState.RESTARTING and old_states.get(name, st) is not st:
                 self.kv_lost.append(name)
         self.probation_since = since
         self._serves = {}
+        self._eligible = {}
         self.nodes = new
         self.version += 1
 
@@ -199,19 +224,27 @@ class NodeTable:
             self.pairs.append(pair)
         return pid
 
-    def _set_row(self, i: int, s: NodeSnapshot, old_state: NodeState, now: float) -> None:
-        self.pair_idx[i] = self._pair_id(s.pair)
+    def _set_row(self, i: int, s: NodeSnapshot, old: NodeSnapshot, now: float) -> None:
+        if s.pair != old.pair:
+            self.pair_idx[i] = self._pair_id(s.pair)
         cap = s.capacity_mu_s
-        self.capacity[i] = cap
-        self.inv_capacity[i] = 1.0 / max(cap, 1e-9)
-        self.inflight_mu[i] = s.inflight_mu
-        self.reserved_mu[i] = s.reserved_mu
-        self.inflight_requests[i] = s.inflight_requests
-        self.queued_requests[i] = s.queued_requests
-        self.kv_used[i] = s.kv_used_fraction
-        self.metrics_age[i] = s.metrics_age_s
+        inv = 1.0 / max(cap, 1e-9)
+        self._cols[:, i] = (
+            cap,
+            inv,
+            s.inflight_mu,
+            s.reserved_mu,
+            (s.inflight_mu + s.reserved_mu) * inv,
+            s.inflight_requests,
+            s.queued_requests,
+            s.kv_used_fraction,
+            s.metrics_age_s,
+        )
         state = s.state
-        if state is not old_state:
+        models = s.models
+        if state is old.state and models == old.models:
+            return
+        if state is not old.state:
             self.routable[i] = state.routable
             on_probation = state is NodeState.PROBATION
             if on_probation != bool(self.probation[i]):
@@ -224,7 +257,10 @@ class NodeTable:
             if state is NodeState.RESTARTING:
                 self.kv_lost.append(s.name)
         for model, mask in self._serves.items():
-            mask[i] = model in s.models
+            mask[i] = model in models
+        routable = state.routable
+        for model, mask in self._eligible.items():
+            mask[i] = routable and model in models
 
     # -- derived columns ------------------------------------------------------------------
 
@@ -238,13 +274,12 @@ class NodeTable:
             self._serves[model] = mask
         return mask
 
-    def load_ratio(self) -> FloatArray:
-        """``NodeSnapshot.load_ratio`` of every row (cached per version; do not modify)."""
-        version, value = self._load_ratio
-        if version != self.version:
-            value = (self.inflight_mu + self.reserved_mu) * self.inv_capacity
-            self._load_ratio = (self.version, value)
-        return value
+    def eligible(self, model: str) -> BoolArray:
+        """Rows that are routable and serve ``model`` (cached per model; do not modify)."""
+        mask = self._eligible.get(model)
+        if mask is None:
+            mask = self._eligible[model] = self.routable & self.serves(model)
+        return mask
 
     def request_mu(self, request: RequestView) -> FloatArray:
         """``request.mu_on(node)`` for every row."""
@@ -305,7 +340,11 @@ class ScoringPolicy(ABC, Generic[P]):
 
     def choose(self, request: RequestView, nodes: Sequence[NodeSnapshot], now: float) -> Decision:
         table = self.table
-        table.sync(nodes, now)
+        changed = table.sync(nodes, now)
+        if changed is None:
+            self.table_rebuilt(table)
+        elif changed:
+            self.rows_changed(table, changed)
         if table.kv_lost:
             lost, table.kv_lost = table.kv_lost, []
             self.on_kv_lost(lost)
@@ -329,9 +368,10 @@ class ScoringPolicy(ABC, Generic[P]):
 
     def eligible(self, request: RequestView, table: NodeTable, now: float) -> BoolArray:
         """Routable nodes serving the model, probation nodes at their reduced share."""
-        mask = table.routable & table.serves(request.model)
+        mask = table.eligible(request.model)
         if not mask.any():
             raise NoCandidateError(self._no_candidate(request, table))
+        mask = mask.copy()
         if table.n_probation:
             on_trial = np.flatnonzero(mask & table.probation)
             if on_trial.size:
@@ -367,16 +407,26 @@ class ScoringPolicy(ABC, Generic[P]):
     ) -> int:
         """Highest score; ties to the first name in name order."""
         masked = np.where(mask, scores, -np.inf)
-        best = masked.max()
-        ties = np.flatnonzero((masked == best) & mask)
+        i = int(masked.argmax())  # the first best row
+        if table.in_name_order and mask[i]:
+            return i
+        ties = np.flatnonzero((masked == masked[i]) & mask)
         if ties.size == 1:
             return int(ties[0])
-        if ties.size == 0:  # NaN scores: fall back to name order
+        if ties.size == 0:  # NaN or -inf scores: fall back to name order
             ties = np.flatnonzero(mask)
         return int(ties[np.argmin(table.rank[ties])])
 
     def explain(self, request: RequestView, table: NodeTable, i: int, scores: FloatArray) -> str:
         return f"score {scores[i]:.6g}"
+
+    def table_rebuilt(self, table: NodeTable) -> None:
+        """Hook: every row changed (keep per-row derived state here)."""
+        return None
+
+    def rows_changed(self, table: NodeTable, rows: list[int]) -> None:
+        """Hook: these rows changed since the last call."""
+        return None
 
     def on_kv_lost(self, nodes: list[str]) -> None:
         """These nodes restarted: whatever they had cached is gone."""

@@ -63,7 +63,7 @@ class SessionAffinity(ScoringPolicy[SessionAffinityParams]):
     def _load(self, table: NodeTable) -> FloatArray:
         if self.params.load_metric == "requests":
             return table.inflight_requests + table.queued_requests
-        return table.load_ratio()
+        return table.load_ratio
 
     def _ring(self, table: NodeTable) -> tuple[list[int], IntArray]:
         if self._ring_layout != table.layout:

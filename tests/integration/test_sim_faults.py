@@ -155,4 +155,5 @@ def test_an_engine_that_keeps_failing_exits_its_stub(sim_node: TritonNode, fault
         f"http://{sim_node.http_url}/v2/repository/models/tensorrt_llm/load", b"{}"
     )
     assert reload_status == 200
-    assert _generate(sim_node)[0] == 200
+    status, body = _generate(sim_node)
+    assert status == 200, body

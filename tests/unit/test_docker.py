@@ -1037,8 +1037,8 @@ def test_trtllm_model_settings(trtllm_config) -> None:
     assert cfg.max_batch_size == SAMPLE_VARS["max_batch_size"]
     assert cfg.model_transaction_policy.decoupled is True
     db = cfg.dynamic_batching
-    assert db.priority_levels == 3
-    assert db.default_priority_level == 2
+    assert db.priority_levels == 7
+    assert db.default_priority_level == 5
     assert db.max_queue_delay_microseconds == SAMPLE_VARS["max_queue_delay_us"]
 
 

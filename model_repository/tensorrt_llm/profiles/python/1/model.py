@@ -21,8 +21,10 @@ from python_backends.trtllm_metrics import TrtLlmMetrics
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 ENGINE_DEAD_EXIT_CODE = 87
-ADMISSION_WAIT_S = 5.0
-"""Longest an ``execute`` call waits for engine slots; past it requests queue in the engine."""
+STALL_S = 5.0
+"""An ``execute`` call waits for engine slots while the engine keeps iterating; after this
+many seconds without an iteration (a wedged engine) it returns, and requests queue in the
+engine."""
 
 
 def _inputs(request):
@@ -118,8 +120,9 @@ class TritonPythonModel:
                 self.engine.submit(spec, assembler.emitter(index), cancelled)
         # Hold this batch until the engine has a slot for all of it: later requests
         # then wait in Triton's priority queue, where higher priorities overtake. The
-        # wait is bounded, so a wedged engine never holds Triton's execute thread.
-        self.engine.wait_admitted(timeout=ADMISSION_WAIT_S)
+        # wait ends when the engine stops iterating, so a wedged engine never holds
+        # Triton's execute thread.
+        self.engine.wait_admitted(stall_timeout=STALL_S)
         return None
 
     def finalize(self):
