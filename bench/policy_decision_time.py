@@ -27,17 +27,14 @@ import json
 import os
 import platform
 import random
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from router.policies import POLICIES, NodeSnapshot, RequestView, build_policy  # noqa: E402
-from router.policies.synthetic import SyntheticTraffic, synthetic_fleet  # noqa: E402
+from router.policies import POLICIES, NodeSnapshot, RequestView, build_policy
+from router.policies.synthetic import SyntheticTraffic, synthetic_fleet
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -89,9 +86,7 @@ def run_one(
             nodes[k], metrics_age_s=0.0, queued_requests=rng.choice((0, 0, 0, 1, 2))
         )
         if full_refresh and step % full_refresh == full_refresh - 1:
-            nodes = [
-                dataclasses.replace(s, metrics_age_s=rng.uniform(0.0, 2.0)) for s in nodes
-            ]
+            nodes = [dataclasses.replace(s, metrics_age_s=rng.uniform(0.0, 2.0)) for s in nodes]
     us = np.array(times_ns, dtype=np.float64) / 1000.0
     return {
         "policy": policy_name,

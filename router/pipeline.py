@@ -72,6 +72,7 @@ class Outcome:
     ttft_s: float | None = None
     attempts: int = 0
     admission: str = ""
+    route_reason: str = ""
 
 
 @dataclass
@@ -238,6 +239,7 @@ class Pipeline:
             node = decision.node
             outcome.attempts += 1
             outcome.node = node
+            outcome.route_reason = decision.reason
             self.metrics.decisions.labels(self.policy_name, decision.reason).inc()
             self.policy.on_routed(view, node, now)
             self._session_landed(job, node)

@@ -274,7 +274,7 @@ class RouterService:
             return JSONResponse({"error": {"message": str(exc)}}, status_code=status)
         except RouterError as error:
             return openai_error(error)
-        return JSONResponse(session.as_dict(), status_code=201)
+        return JSONResponse({"id": session.session_id, **session.as_dict()}, status_code=201)
 
     async def close_session(self, request: Request) -> Response:
         from router.api.common import JSONResponse, openai_error
@@ -288,7 +288,7 @@ class RouterService:
             self.sessions.close(session_id)
         except RouterError as error:
             return openai_error(error)
-        return JSONResponse(session.as_dict())
+        return JSONResponse({"id": session.session_id, **session.as_dict()})
 
     # -- serving -------------------------------------------------------------------------------
     def app(self) -> Starlette:

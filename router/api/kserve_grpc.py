@@ -17,6 +17,7 @@ import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from router.errors import BadRequest, RouterError
+from router.pipeline import Outcome
 from router.wire import WireError, is_final
 
 _CODES = {name: getattr(grpc.StatusCode, name) for name in grpc.StatusCode.__members__}
@@ -76,7 +77,12 @@ class KServeGrpcFront(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         try:
             job = self._job(context, request)
-            responses = [r async for r in self.service.pipeline.run(job) if len(r.outputs)]
+            outcome = Outcome()
+            responses = [
+                _tagged(r, outcome)
+                async for r in self.service.pipeline.run(job, outcome)
+                if len(r.outputs)
+            ]
             if len(responses) != 1:
                 raise BadRequest(
                     f"the model answered with {len(responses)} responses; "
@@ -98,9 +104,11 @@ class KServeGrpcFront(service_pb2_grpc.GRPCInferenceServiceServicer):
             keep_empty = bool(wants_empty is not None and wants_empty.bool_param)
             try:
                 job = self._job(context, request)
-                async for response in self.service.pipeline.run(job):
+                outcome = Outcome()
+                async for response in self.service.pipeline.run(job, outcome):
                     if len(response.outputs) or (keep_empty and is_final(response)):
-                        await out.put(service_pb2.ModelStreamInferResponse(infer_response=response))
+                        tagged = _tagged(response, outcome)
+                        await out.put(service_pb2.ModelStreamInferResponse(infer_response=tagged))
             except RouterError as error:
                 message = f"[{error.status}] {error.message}"
                 await out.put(service_pb2.ModelStreamInferResponse(error_message=message))
@@ -127,6 +135,16 @@ class KServeGrpcFront(service_pb2_grpc.GRPCInferenceServiceServicer):
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
+
+
+def _tagged(
+    response: service_pb2.ModelInferResponse, outcome: Outcome
+) -> service_pb2.ModelInferResponse:
+    """The node's response with the router's choices as response parameters."""
+    response.parameters["mufleet_priority"].int64_param = outcome.priority
+    if outcome.node:
+        response.parameters["mufleet_node"].string_param = outcome.node
+    return response
 
 
 async def serve_grpc(service: Any, host: str, port: int) -> tuple[grpc.aio.Server, int]:

@@ -415,4 +415,6 @@ def _headers(outcome: Outcome) -> dict[str, str]:
         headers["x-mufleet-node"] = outcome.node
     if outcome.priority:
         headers["x-mufleet-priority"] = str(outcome.priority)
+    if outcome.route_reason:
+        headers["x-mufleet-route"] = outcome.route_reason
     return headers

@@ -88,7 +88,8 @@ class MetricsScraper:
         return self._running
 
     def stop(self) -> None:
-        """Ask :meth:`run` to return (from the event loop's thread). Before run: it won't start."""
+        """Ask :meth:`run` to return (call it from the event loop's thread). A stopped scraper
+        stays stopped: a later :meth:`run` returns at once."""
         self._stop_requested = True
         if self._wake is not None:
             self._wake.set()

@@ -165,14 +165,14 @@ class NodeEntry:
     state: NodeState
     reason: str
     since: float
-    history: deque[Transition]
+    history: deque[Transition] = field(repr=False)
     operator_hold: bool = False
     """Set by an operator's cordon/drain and cleared by uncordon; the health machine must not
     make the node routable while it is set."""
     metrics: NodeMetrics | None = None
     prev_metrics: NodeMetrics | None = None
     reserved_mu: float = 0.0
-    inflight: dict[str, float] = field(default_factory=dict)
+    inflight: dict[str, float] = field(default_factory=dict, repr=False)
     """request id → MU it holds."""
     inflight_mu: float = 0.0
     requests_started: int = 0
@@ -186,8 +186,8 @@ class NodeEntry:
     last_scrape_error: str | None = None
     last_scrape_error_at: float | None = None
     # Snapshot cache: fields without metrics_age_s (None: rebuild) and the last snapshot.
-    _fields: dict[str, Any] | None = None
-    _snapshot: NodeSnapshot | None = None
+    _fields: dict[str, Any] | None = field(default=None, repr=False)
+    _snapshot: NodeSnapshot | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:

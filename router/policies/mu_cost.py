@@ -91,7 +91,7 @@ class MuCost(ScoringPolicy[MuCostParams]):
         """Per row: load_ratio plus the staleness penalty, in seconds."""
         self._queue: FloatArray = np.zeros(0)
         """Per row: queued requests over capacity (× mean request MU → seconds)."""
-        self._credit: FloatArray | None = None
+        self._credit: tuple[FloatArray | None, float] = (None, 0.0)
 
     def index(self, request: RequestView) -> PrefixIndex:
         """The prefix index for the request's model and block size."""
@@ -116,13 +116,24 @@ class MuCost(ScoringPolicy[MuCostParams]):
 
     def credits(self, request: RequestView, table: NodeTable, now: float) -> FloatArray | None:
         """Per row, the fraction of the prompt expected in that node's KV (``None``: none)."""
+        credit, scale = self._credit_units(request, table, now)
+        return None if credit is None else credit * scale
+
+    def _credit_units(
+        self, request: RequestView, table: NodeTable, now: float
+    ) -> tuple[FloatArray | None, float]:
+        """``credits`` as (vector, scale): fraction = vector × scale, the vector counting
+        matched blocks, so the hot path multiplies by one scalar instead of a vector."""
         credit = None
         prompt = request.prompt_tokens
-        if request.block_hashes and prompt > 0:
+        if prompt <= 0:
+            return None, 0.0
+        per_block = request.block_size / prompt
+        if request.block_hashes:
             index = self.index(request)
-            blocks = index.matched_blocks(request.block_hashes, table.names, now)
-            if blocks is not None:
-                credit = np.minimum(blocks * (request.block_size / prompt), 1.0)
+            credit = index.matched_blocks(request.block_hashes, table.names, now)
+            if credit is not None and len(request.block_hashes) * per_block > 1.0:
+                np.minimum(credit, 1.0 / per_block, out=credit)  # more blocks than prompt
         session = self.params.session_credit
         if request.session_id is not None and session > 0.0:
             last = self.sessions.get(request.session_id)
@@ -130,9 +141,9 @@ class MuCost(ScoringPolicy[MuCostParams]):
             if row is not None:
                 if credit is None:
                     credit = np.zeros(len(table))
-                if credit[row] < session:
-                    credit[row] = session
-        return credit
+                if credit[row] * per_block < session:
+                    credit[row] = session / per_block
+        return credit, per_block
 
     def table_rebuilt(self, table: NodeTable) -> None:
         p = self.params
@@ -163,18 +174,20 @@ class MuCost(ScoringPolicy[MuCostParams]):
         wait = self.params.queue_weight * self.mean_request_mu
         if wait > 0.0:
             cost += self._queue * wait
-        credit = self._credit = self.credits(request, table, now)
+        credit, scale = self._credit_units(request, table, now)
+        self._credit = (credit, scale)
         if credit is not None:
             own *= credit
-            own *= self.prefill_share(request)
+            own *= scale * self.prefill_share(request)
             cost -= own
         np.negative(cost, out=cost)
         return cost
 
     def explain(self, request: RequestView, table: NodeTable, i: int, scores: FloatArray) -> str:
-        credit = 0.0 if self._credit is None else float(self._credit[i])
-        if credit:
-            return f"cost {-scores[i]:.4g} s, {credit:.0%} of the prompt credited as cached"
+        credit, scale = self._credit
+        share = 0.0 if credit is None else float(credit[i]) * scale
+        if share:
+            return f"cost {-scores[i]:.4g} s, {share:.0%} of the prompt credited as cached"
         return f"cost {-scores[i]:.4g} s"
 
     def on_routed(self, request: RequestView, node: str, now: float) -> None:

@@ -33,6 +33,7 @@ import operator
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from hashlib import blake2b
+from itertools import repeat
 from typing import Generic, TypeVar
 
 import numpy as np
@@ -64,6 +65,16 @@ def unit_hash(*parts: str) -> float:
     digest = blake2b("\x1f".join(parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") / 2.0**64
 
+
+def _restarted(old: NodeState, new: NodeState) -> bool:
+    """The node restarted (its KV cache is empty): it entered ``RESTARTING``, or entered
+    ``PROBATION`` without being seen restarting (probation only follows a restart)."""
+    if new is NodeState.RESTARTING:
+        return old is not NodeState.RESTARTING
+    return new is NodeState.PROBATION and old not in (NodeState.RESTARTING, NodeState.PROBATION)
+
+
+_ROUTABLE = frozenset(s for s in NodeState if s.routable)
 
 _COLUMNS = (
     "capacity_mu_s",
@@ -112,7 +123,8 @@ class NodeTable:
         self.n_probation = 0
         self.probation_since: dict[str, float] = {}
         self.kv_lost: list[str] = []
-        """Nodes seen entering ``RESTARTING`` (their KV cache is gone); drained by policies."""
+        """Nodes seen restarting (their KV cache is gone): entering ``RESTARTING``, or
+        ``PROBATION`` from a routable state (the restart happened between two looks)."""
         self.version = 0
         self.layout = 0
         self.load_ratio: FloatArray = empty
@@ -138,16 +150,17 @@ class NodeTable:
             return None
         flags = bytes(map(operator.is_not, prev, nodes))  # 1 where the snapshot was replaced
         changed: list[int] = []
+        limit = 8 + n // 4  # past this many, rewriting rows costs more than a rebuild
         find = flags.find
         i = find(1)
         while i >= 0:
+            if len(changed) == limit:
+                self._rebuild(nodes, now)
+                return None
             changed.append(i)
             i = find(1, i + 1)
         if not changed:
             return changed
-        if len(changed) > 8 + n // 4:  # rewriting rows costs more than a rebuild
-            self._rebuild(nodes, now)
-            return None
         new = nodes if isinstance(nodes, tuple) else tuple(nodes)
         for i in changed:
             if new[i].name != prev[i].name:
@@ -167,7 +180,7 @@ class NodeTable:
         if len(index) != n:
             dupes = sorted({x for x in names if names.count(x) > 1})
             raise ValueError(f"node names must be unique; repeated: {dupes}")
-        old_states = {s.name: s.state for s in self.nodes}
+        old_names, old_nodes = self.names, self.nodes
         if names != self.names:
             self.layout += 1
             self.names = names
@@ -176,10 +189,10 @@ class NodeTable:
             order = {name: r for r, name in enumerate(self.sorted_names)}
             self.rank = np.fromiter((order[x] for x in names), dtype=np.intp, count=n)
             self.in_name_order = names == self.sorted_names
-        pair_idx = np.empty(n, dtype=np.intp)
-        for i, s in enumerate(new):
-            pair_idx[i] = self._pair_id(s.pair)
-        self.pair_idx = pair_idx
+        pairs = [s.pair for s in new]
+        for pair in dict.fromkeys(pairs):  # ids in order of first appearance
+            self._pair_id(pair)
+        self.pair_idx = np.fromiter(map(self._pair_ids.__getitem__, pairs), np.intp, n)
 
         cols = np.empty((len(_COLUMNS), n))
         for j, attr in enumerate(_COLUMNS):
@@ -200,18 +213,34 @@ class NodeTable:
             self.metrics_age,
         ) = cols
         states = [s.state for s in new]
-        self.routable = np.fromiter((st.routable for st in states), dtype=bool, count=n)
+        self.routable = np.fromiter(map(_ROUTABLE.__contains__, states), bool, n)
         self.probation = np.fromiter(
-            (st is NodeState.PROBATION for st in states), dtype=bool, count=n
+            map(operator.is_, states, repeat(NodeState.PROBATION)), bool, n
         )
-        self.n_probation = int(self.probation.sum())
+        self.n_probation = int(np.count_nonzero(self.probation))
         since = {}
-        for name, st in zip(names, states, strict=True):
-            if st is NodeState.PROBATION:
-                since[name] = self.probation_since.get(name, now)
-            if st is NodeState.RESTARTING and old_states.get(name, st) is not st:
-                self.kv_lost.append(name)
+        for i in np.flatnonzero(self.probation).tolist():
+            since[names[i]] = self.probation_since.get(names[i], now)
         self.probation_since = since
+        if old_nodes:  # state changes: restarts lose the KV cache
+            if names == old_names:
+                old_states = [s.state for s in old_nodes]
+                moved = bytes(map(operator.is_not, states, old_states))
+                rows, k = [], moved.find(1)
+                while k >= 0:
+                    rows.append(k)
+                    k = moved.find(1, k + 1)
+                transitions = [(names[k], old_states[k], states[k]) for k in rows]
+            else:
+                before = {s.name: s.state for s in old_nodes}
+                transitions = [
+                    (name, before[name], st)
+                    for name, st in zip(names, states, strict=True)
+                    if name in before and before[name] is not st
+                ]
+            for name, old, st in transitions:
+                if _restarted(old, st):
+                    self.kv_lost.append(name)
         self._serves = {}
         self._eligible = {}
         self.nodes = new
@@ -254,7 +283,7 @@ class NodeTable:
                 self.probation_since.setdefault(s.name, now)
             else:
                 self.probation_since.pop(s.name, None)
-            if state is NodeState.RESTARTING:
+            if _restarted(old.state, state):
                 self.kv_lost.append(s.name)
         for model, mask in self._serves.items():
             mask[i] = model in models
@@ -284,10 +313,7 @@ class NodeTable:
     def request_mu(self, request: RequestView) -> FloatArray:
         """``request.mu_on(node)`` for every row."""
         get = request.mu_by_pair.get
-        per_pair = np.fromiter(
-            (get(p, 0.0) for p in self.pairs), dtype=np.float64, count=len(self.pairs)
-        )
-        return per_pair[self.pair_idx]
+        return np.array([get(p, 0.0) for p in self.pairs], dtype=np.float64).take(self.pair_idx)
 
 
 class ScoreMap(Mapping[str, float]):

@@ -55,9 +55,14 @@ class SessionAffinity(ScoringPolicy[SessionAffinityParams]):
 
     def __init__(self, params: SessionAffinityParams | None = None) -> None:
         super().__init__(params or SessionAffinityParams())
-        self._ring_layout = -1
+        # The ring holds every node seen so far (by id), so a call that passes a subset of
+        # the fleet does not rebuild it: absent nodes are skipped like full ones.
+        self._ids: dict[str, int] = {}
+        self._points: dict[int, list[int]] = {}
         self._ring_points: list[int] = []
         self._ring_owner: IntArray = np.zeros(0, dtype=np.intp)
+        self._rows_key: tuple[int, int] = (-1, -1)
+        self._row_of_id: IntArray = np.zeros(0, dtype=np.intp)
         self._last_walk: tuple[str, int] = ("", 0)
 
     def _load(self, table: NodeTable) -> FloatArray:
@@ -65,19 +70,27 @@ class SessionAffinity(ScoringPolicy[SessionAffinityParams]):
             return table.inflight_requests + table.queued_requests
         return table.load_ratio
 
-    def _ring(self, table: NodeTable) -> tuple[list[int], IntArray]:
-        if self._ring_layout != table.layout:
-            points = sorted(
-                (ring_hash(f"{name}#{v}"), row)
-                for row, name in enumerate(table.names)
-                for v in range(self.params.virtual_nodes)
-            )
-            self._ring_points = [p for p, _ in points]
-            self._ring_owner = np.fromiter(
-                (row for _, row in points), dtype=np.intp, count=len(points)
-            )
-            self._ring_layout = table.layout
-        return self._ring_points, self._ring_owner
+    def _ring(self, table: NodeTable) -> tuple[list[int], IntArray, IntArray]:
+        """Ring points, their owners' ids, and id → row (``len(table)``: not in the table)."""
+        if self._rows_key != (table.layout, len(self._ids)):
+            new = [name for name in table.names if name not in self._ids]
+            if new or len(self._ids) > 2 * len(table) + 64:
+                if len(self._ids) + len(new) > 2 * len(table) + 64:  # prune departed nodes
+                    self._ids, self._points = {}, {}
+                    new = list(table.names)
+                vnodes = self.params.virtual_nodes
+                for name in new:
+                    nid = self._ids[name] = len(self._ids)
+                    self._points[nid] = [ring_hash(f"{name}#{v}") for v in range(vnodes)]
+                ring = sorted((p, nid) for nid, points in self._points.items() for p in points)
+                self._ring_points = [p for p, _ in ring]
+                self._ring_owner = np.fromiter((n for _, n in ring), np.intp, len(ring))
+            row_of_id = np.full(len(self._ids), len(table), dtype=np.intp)
+            for name, row in table.index.items():
+                row_of_id[self._ids[name]] = row
+            self._row_of_id = row_of_id
+            self._rows_key = (table.layout, len(self._ids))
+        return self._ring_points, self._ring_owner, self._row_of_id
 
     def filter(
         self, request: RequestView, table: NodeTable, mask: BoolArray, now: float
@@ -94,14 +107,16 @@ class SessionAffinity(ScoringPolicy[SessionAffinityParams]):
     def pick(
         self, request: RequestView, table: NodeTable, mask: BoolArray, scores: FloatArray
     ) -> int:
-        points, owner = self._ring(table)
+        points, owner, row_of_id = self._ring(table)
+        ok = np.append(mask, False)  # the last slot answers for nodes not in this table
         key = request.session_id if request.session_id is not None else f"tenant:{request.tenant}"
         start = bisect_right(points, ring_hash(key))
         size = len(points)
         chunk = self._CHUNK
         for offset in range(0, size, chunk):
-            rows = owner.take(np.arange(start + offset, start + offset + chunk), mode="wrap")
-            hits = mask[rows]
+            ids = owner.take(np.arange(start + offset, start + offset + chunk), mode="wrap")
+            rows = row_of_id[ids]
+            hits = ok[rows]
             if hits.any():
                 first = int(hits.argmax())
                 self._last_walk = (key, offset + first)

@@ -37,7 +37,8 @@ def sim_nodes(tiny_model_dir: Path, mufleet_home: Path) -> Iterator[list[TritonN
 def router(
     sim_nodes: list[TritonNode], tiny_model_dir: Path, mufleet_home: Path
 ) -> Iterator[Router]:
-    with routing(sim_nodes, tiny_model_dir, mufleet_home, "main") as r:
+    limits = {"max_body_bytes": 64 << 10}
+    with routing(sim_nodes, tiny_model_dir, mufleet_home, "main", limits=limits) as r:
         yield r
 
 
@@ -63,9 +64,11 @@ def _http(
         request.add_header(name, value)
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
-            raw, status, got = response.read(), response.status, dict(response.headers)
+            raw, status = response.read(), response.status
+            got = {k.lower(): v for k, v in response.headers.items()}
     except urllib.error.HTTPError as err:
-        raw, status, got = err.read(), err.code, dict(err.headers)
+        raw, status = err.read(), err.code
+        got = {k.lower(): v for k, v in err.headers.items()}
     try:
         return status, got, json.loads(raw)
     except json.JSONDecodeError:
@@ -147,7 +150,10 @@ def test_tools_and_tool_messages_are_accepted(router: Router) -> None:
         {"role": "tool", "tool_call_id": "call_1", "content": "a group of ships"},
     ]
     reply = _client(router).chat.completions.create(
-        model=MODEL, messages=messages, tools=tools, max_tokens=6  # type: ignore[arg-type]
+        model=MODEL,
+        messages=messages,
+        tools=tools,
+        max_tokens=6,  # type: ignore[arg-type]
     )
     assert reply.choices[0].finish_reason in ("stop", "length", "tool_calls")
 
@@ -181,9 +187,7 @@ def _grpc_stream_tokens(url: str, headers: dict[str, str] | None, text: str) -> 
         inputs = _text_inputs(grpcclient, text, 8)
         stream = grpcclient.InferInput("stream", [1, 1], "BOOL")
         stream.set_data_from_numpy(np.array([[True]]))
-        client.async_stream_infer(
-            "ensemble", [*inputs, stream], enable_empty_final_response=True
-        )
+        client.async_stream_infer("ensemble", [*inputs, stream], enable_empty_final_response=True)
         while True:
             result, error = events.get(timeout=60)
             assert error is None, error
@@ -234,14 +238,15 @@ def test_grpc_unary_infer_through_the_router(router: Router) -> None:
 
 def test_over_reservation_gets_429_while_the_reserved_tenant_is_served(router: Router) -> None:
     body = {"model": MODEL, "prompt": "spend my budget " * 20, "max_tokens": 64}
-    statuses, retry_after = [], None
+    statuses, refusal = [], None
     for _ in range(6):
-        status, headers, _ = _http(router, "/v1/completions", body, key=KEYS["tight"])
+        status, headers, reply = _http(router, "/v1/completions", body, key=KEYS["tight"])
         statuses.append(status)
         if status == 429:
-            retry_after = headers.get("Retry-After")
-    assert 429 in statuses, statuses
-    assert retry_after is not None and int(retry_after) >= 1
+            refusal = (headers, reply)
+    assert 429 in statuses and refusal is not None, statuses
+    assert int(refusal[0].get("retry-after", 0)) >= 1, refusal
+    assert refusal[1]["error"]["type"] == "rate_limit_error"
     status, _, reply = _http(router, "/v1/completions", body, key=KEYS["demo"])
     assert status == 200, reply
 
@@ -261,13 +266,12 @@ def test_session_turns_stay_on_one_node_until_it_is_overloaded(
         assert status == 200, reply
         nodes.append(got["x-mufleet-node"])
     assert len(set(nodes)) == 1, nodes
-    home = [n for n in sim_nodes if n.name == nodes[0]][0]
+    home = next(n for n in sim_nodes if n.name == nodes[0])
     from python_backends.sim_engine.faults import FaultSwitches, write_faults
 
     assert home.fault_file is not None
     write_faults(home.fault_file, FaultSwitches(hang=True))
     time.sleep(0.2)
-    stuck = urllib.request.Request  # requests that pile up on the hung home node
     import threading
 
     def pile() -> None:
@@ -289,7 +293,6 @@ def test_session_turns_stay_on_one_node_until_it_is_overloaded(
         write_faults(home.fault_file, FaultSwitches())
         for thread in threads:
             thread.join(timeout=60)
-    del stuck
 
 
 def test_priorities_follow_the_tier(router: Router) -> None:
@@ -309,8 +312,8 @@ def test_a_requested_priority_above_the_maximum_is_clamped(router: Router) -> No
         headers={"authorization": f"Bearer {KEYS['batch']}"},
     )
     assert result.as_numpy("text_output") is not None
-    status, _, body = _http(router, "/metrics", key=None)
-    assert status == 200
+    level = result.get_response().parameters["mufleet_priority"].int64_param
+    assert level == 4, "batch's max_priority is 4: a request for level 1 is clamped to it"
 
 
 # -- admin and metrics ---------------------------------------------------------------------------
@@ -353,7 +356,7 @@ def test_router_metrics_are_prometheus_text(router: Router) -> None:
         assert name in text, name
 
 
-# -- bad input ---------------------------------------------------------------------------------------
+# -- bad input -------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -364,10 +367,15 @@ def test_router_metrics_are_prometheus_text(router: Router) -> None:
         ("/v1/completions", {"model": MODEL, "prompt": "x"}, "wrong-key", 401),
         ("/v1/completions", {"model": "no-such-model", "prompt": "x"}, KEYS["demo"], 404),
         ("/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": -3}, KEYS["demo"], 400),
-        ("/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": 10**7}, KEYS["demo"], 400),
+        (
+            "/v1/completions",
+            {"model": MODEL, "prompt": "x", "max_tokens": 10**7},
+            KEYS["demo"],
+            400,
+        ),
         ("/v1/completions", {"model": MODEL, "prompt": 17}, KEYS["demo"], 422),
         ("/v1/chat/completions", {"model": MODEL, "messages": []}, KEYS["demo"], 422),
-        ("/v1/completions", b"x" * (5 << 20), KEYS["demo"], 413),
+        ("/v1/completions", b"x" * (100 << 10), KEYS["demo"], 413),
         ("/v2/models/ensemble/generate", b"{", KEYS["demo"], 400),
         ("/v2/models/unknown/generate", {"text_input": "x", "max_tokens": 2}, KEYS["demo"], 404),
         ("/v2/models/ensemble/generate", {"text_input": "x", "max_tokens": 0}, KEYS["demo"], 400),
@@ -388,3 +396,73 @@ def test_grpc_without_a_key_is_unauthenticated(router: Router) -> None:
     with pytest.raises(InferenceServerException) as err:
         client.infer("ensemble", _text_inputs(grpcclient, "no key", 2))
     assert "StatusCode.UNAUTHENTICATED" in str(err.value.status())
+
+
+# -- priorities as Triton orders them ------------------------------------------------------------
+
+
+def test_the_router_s_priority_is_observed_in_triton_s_ordering(
+    triton_node: TritonNode, tiny_model_dir: Path, mufleet_home: Path
+) -> None:
+    """A cpu node with few engine slots, flooded by the batch tenant (low priority): a later
+    interactive request overtakes the batch requests queued in Triton."""
+    from clients import ENGINE_SLOTS, metric_value
+
+    with routing([triton_node], tiny_model_dir, mufleet_home, "prio") as r:
+        client = grpcclient.InferenceServerClient(r.grpc)
+        finished: queue.Queue[str] = queue.Queue()
+
+        def callback(result: Any, error: Any) -> None:
+            assert error is None, error
+            response = result.get_response()
+            if response.parameters["triton_final_response"].bool_param:
+                finished.put(response.id)
+
+        def send(request_id: str, tenant: str) -> None:
+            inputs = _text_inputs(grpcclient, f"{request_id} wants tokens", 96)
+            minimum = grpcclient.InferInput("min_tokens", [1, 1], "INT32")
+            minimum.set_data_from_numpy(np.array([[96]], dtype=np.int32))
+            stream = grpcclient.InferInput("stream", [1, 1], "BOOL")
+            stream.set_data_from_numpy(np.array([[True]]))
+            client.async_stream_infer(
+                "ensemble",
+                [*inputs, minimum, stream],
+                request_id=request_id,
+                enable_empty_final_response=True,
+            )
+
+        client.start_stream(callback=callback, headers={"authorization": f"Bearer {KEYS['batch']}"})
+        urgent = grpcclient.InferenceServerClient(r.grpc)
+        urgent_done: queue.Queue[str] = queue.Queue()
+        try:
+            lows = 6 * ENGINE_SLOTS
+            for i in range(lows):
+                send(f"batch{i}", "batch")
+            deadline = time.monotonic() + 60  # until requests queue in front of the engine
+            while time.monotonic() < deadline:
+                pending = metric_value(
+                    triton_node.metrics_url,
+                    "nv_inference_pending_request_count",
+                    model="tensorrt_llm",
+                )
+                if pending >= 2 * ENGINE_SLOTS:
+                    break
+                time.sleep(0.02)
+            urgent.start_stream(
+                callback=lambda result, error: urgent_done.put(
+                    "late" if error is None else f"error {error}"
+                ),
+                headers={"authorization": f"Bearer {KEYS['demo']}"},
+            )
+            inputs = _text_inputs(grpcclient, "late interactive request", 8)
+            urgent.async_stream_infer("ensemble", inputs, request_id="late")
+            assert urgent_done.get(timeout=120) == "late"
+            done_before = finished.qsize()
+            for _ in range(lows):
+                finished.get(timeout=180)
+        finally:
+            client.stop_stream()
+            urgent.stop_stream()
+        assert done_before <= lows - 2 * ENGINE_SLOTS, (
+            f"{done_before} of {lows} batch requests finished before the interactive one"
+        )

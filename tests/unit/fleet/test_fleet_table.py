@@ -261,6 +261,20 @@ def test_fast_snapshot_matches_the_constructor() -> None:
     assert type(snap) is NodeSnapshot
 
 
+def test_constructor_fallback_builds_the_same_snapshots(monkeypatch: pytest.MonkeyPatch) -> None:
+    import router.fleet.table as table_module
+
+    def build() -> list[NodeSnapshot]:
+        table = make_table(3)
+        table.start("node1", "r", 7.0, now=0.0)
+        table.update_metrics("node2", metrics_at(1.0, pending=2, used=20))
+        return table.snapshot(now=3.0)
+
+    fast = build()
+    monkeypatch.setattr(table_module, "_FAST_SNAPSHOT", False)
+    assert build() == fast
+
+
 def test_snapshots_are_reused_until_something_changes() -> None:
     table = make_table(2)
     a = table.snapshot(now=1.0)

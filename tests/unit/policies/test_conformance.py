@@ -99,9 +99,7 @@ def test_never_picks_an_ineligible_node(name: str) -> None:
     policy = build_policy(name)
     requests = SyntheticTraffic(seed=5).take(120)
     # First let stateful policies learn with every node healthy (prefix index, sessions) ...
-    healthy = [make_node(n.name, models=n.models) for n in tempting_fleet()]
-    other = [r for r in requests[:40] if True]
-    drive(policy, other, [n for n in healthy if MODEL in n.models])
+    drive(policy, requests[:40], [make_node(n.name, models=n.models) for n in tempting_fleet()])
     # ... then take the tempting nodes out.
     for decision in drive(policy, requests[40:], tempting_fleet()):
         assert decision.node.startswith("ok-"), decision
