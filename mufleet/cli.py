@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import signal
 import sys
 import time
@@ -233,7 +234,7 @@ def _start_router(args: argparse.Namespace, fleet: object, params: RenderParams)
     config = write_router_config(
         path,
         fleet.members,  # type: ignore[attr-defined]
-        model_name=model.name.removesuffix("-v1") if model else "tiny-llama",
+        model_name=re.sub(r"-v\d+$", "", model.name),
         tokenizer_dir=params.tokenizer_dir,
         pair_profile=pair,
         http_port=args.router_http_port,

@@ -5,14 +5,19 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import openai
 import psutil
 import pytest
+import yaml
 from clients import http_json
+
+from mufleet.node import NodePorts
 
 pytestmark = pytest.mark.triton
 
@@ -59,8 +64,12 @@ def _generate(port: int) -> int:
     return status
 
 
-def test_up_supervises_two_nodes(tiny_model_dir: Path, mufleet_home: Path) -> None:
+def test_up_supervises_two_nodes_behind_the_router(
+    tiny_model_dir: Path, mufleet_home: Path
+) -> None:
     base = _free_base_port(2)
+    router_ports = NodePorts.ephemeral()
+    config = mufleet_home / "local-router.yaml"
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -75,6 +84,12 @@ def test_up_supervises_two_nodes(tiny_model_dir: Path, mufleet_home: Path) -> No
             str(tiny_model_dir),
             "--max-batch-size",
             "2",
+            "--router-config",
+            str(config),
+            "--router-http-port",
+            str(router_ports.http),
+            "--router-grpc-port",
+            str(router_ports.grpc),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -85,6 +100,16 @@ def test_up_supervises_two_nodes(tiny_model_dir: Path, mufleet_home: Path) -> No
         _wait_for_line(proc, "fleet ready", timeout=300)
         assert _generate(base) == 200
         assert _generate(base + 10) == 200
+        assert stat.S_IMODE(config.stat().st_mode) == 0o600, "the keys file is private"
+        keys = {t["name"]: t["api_key"] for t in yaml.safe_load(config.read_text())["tenants"]}
+        assert set(keys) == {"demo", "batch"}
+        client = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{router_ports.http}/v1", api_key=keys["demo"]
+        )
+        reply = client.chat.completions.create(
+            model="tiny-llama", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+        )
+        assert reply.usage is not None and reply.usage.completion_tokens == 4
 
         servers = [p for p in psutil.Process(proc.pid).children() if p.name() == "tritonserver"]
         assert len(servers) == 2

@@ -209,6 +209,32 @@ def test_tritonclient_grpc_stream_gives_the_tokens_direct_gives(
     assert routed == direct and len(routed) == 8
 
 
+def test_tritonclient_http_infer_gives_the_tokens_direct_gives(
+    router: Router, sim_nodes: list[TritonNode]
+) -> None:
+    """Unary HTTP infer through the router (it streams from the node and answers once)
+    gives the tokens a direct /generate gives."""
+    client = httpclient.InferenceServerClient(router.http)
+    routed = client.infer(
+        "ensemble",
+        _text_inputs(httpclient, "binary tensors over http", 6),
+        headers={"Authorization": f"Bearer {KEYS['demo']}"},
+    )
+    ids = [int(t) for t in routed.as_numpy("output_ids").reshape(-1)]
+    status, direct = _direct_generate(sim_nodes[0], "binary tensors over http", 6)
+    assert status == 200 and ids == direct["output_ids"]
+
+
+def _direct_generate(node: TritonNode, text: str, n: int) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        f"http://{node.http_url}/v2/models/ensemble/generate",
+        data=json.dumps({"text_input": text, "max_tokens": n}).encode(),
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return response.status, json.loads(response.read())
+
+
 def test_tritonclient_http_generate_and_metadata(router: Router) -> None:
     status, _, body = _http(
         router, "/v2/models/ensemble/generate", {"text_input": "hello fleet", "max_tokens": 5}
