@@ -89,9 +89,10 @@ class RouterService:
                 request_timeout_s=config.limits.request_timeout_s,
             ),
         )
+        self._fetch = HttpxFetch()
         self.scraper = MetricsScraper(
             self.table,
-            HttpxFetch(),
+            self._fetch,
             interval_s=config.scrape.interval_s,
             timeout_s=config.scrape.timeout_s,
             clock=time.monotonic,
@@ -337,6 +338,7 @@ class RouterService:
         self._tasks.clear()
         for channel in self.channels.values():
             await channel.close()
+        await self._fetch.aclose()
 
 
 def model_config_type(value: int) -> str:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 import numpy as np
 from tritonclient.grpc import service_pb2
+from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
 DTYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
@@ -36,23 +37,20 @@ class WireError(ValueError):
 
 def serialize_bytes(values: np.ndarray) -> bytes:
     """Triton's BYTES layout: each element as a 4-byte little-endian length and its bytes."""
-    out = bytearray()
-    for item in values.reshape(-1):
-        data = item if isinstance(item, bytes) else str(item).encode("utf-8")
-        out += struct.pack("<I", len(data)) + data
-    return bytes(out)
+    items = np.array(
+        [v if isinstance(v, bytes) else str(v).encode("utf-8") for v in values.reshape(-1)],
+        dtype=object,
+    )
+    return bytes(serialize_byte_tensor(items).item()) if items.size else b""
 
 
 def deserialize_bytes(raw: bytes, count: int) -> list[bytes]:
-    items: list[bytes] = []
-    offset = 0
-    for _ in range(count):
-        if offset + 4 > len(raw):
-            raise WireError("BYTES tensor is shorter than its shape says")
-        (length,) = struct.unpack_from("<I", raw, offset)
-        offset += 4
-        items.append(raw[offset : offset + length])
-        offset += length
+    try:
+        items = [bytes(v) for v in deserialize_bytes_tensor(raw)] if raw else []
+    except struct.error:
+        raise WireError("BYTES tensor is malformed") from None
+    if len(items) != count:
+        raise WireError(f"BYTES tensor holds {len(items)} elements; its shape says {count}")
     return items
 
 

@@ -40,7 +40,7 @@ class AdminFront:
         try:
             self.service.keys.admin(request.headers.get("authorization"))
             node, action = request.path_params["node"], request.path_params["action"]
-            reason = request.query_params.get("reason") or f"operator {action}"
+            reason = request.query_params.get("reason") or action
             now = time.monotonic()
             table = self.service.table
             if action == "cordon":
