@@ -37,7 +37,7 @@ __all__ = [
     "default_model_dir",
 ]
 
-TINY_MODEL_VERSION: str = "1"
+TINY_MODEL_VERSION: str = "2"
 """Version of the build recipe; bump it whenever the bytes a build produces would change."""
 
 CORPUS_PATH = Path(__file__).resolve().parent / "data" / "corpus.txt"
@@ -64,17 +64,38 @@ _PRETOKENIZE_REGEX = (
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 
-# Llama-3-style chat template: bos, then one header block per message, each closed by <|eot_id|>;
-# with add_generation_prompt, an open assistant header for the model to continue.
+# Llama-3.1-style chat template with tools: bos; with tools, a system block that lists them
+# as JSON; one header block per message (a tool result as role "ipython", an assistant's
+# tool calls as one JSON object each), each closed by <|eot_id|>; with add_generation_prompt,
+# an open assistant header for the model to continue.
+_H, _E, _T = START_HEADER_TOKEN, END_HEADER_TOKEN, EOT_TOKEN
+_TOOLS_PREAMBLE = (
+    "You can call these tools. To call one, answer with only "
+    '{"name": <tool name>, "parameters": {<argument>: <value>}}.'
+)
 CHAT_TEMPLATE = (
     "{{- bos_token }}"
+    "{%- if tools %}"
+    "{{- '" + _H + "system" + _E + "\\n\\n' }}"
+    "{{- " + json.dumps(_TOOLS_PREAMBLE) + " }}{{- '\\n\\n' }}"
+    "{%- for tool in tools %}{{- tool | tojson }}{{- '\\n' }}{%- endfor %}"
+    "{{- '" + _T + "' }}"
+    "{%- endif %}"
     "{%- for message in messages %}"
-    "{{- '" + START_HEADER_TOKEN + "' + message['role'] + '" + END_HEADER_TOKEN + "\\n\\n' }}"
-    "{{- message['content'] | trim }}"
-    "{{- '" + EOT_TOKEN + "' }}"
+    "{%- set role = 'ipython' if message['role'] == 'tool' else message['role'] %}"
+    "{{- '" + _H + "' + role + '" + _E + "\\n\\n' }}"
+    "{%- if message.get('tool_calls') %}"
+    "{%- for call in message['tool_calls'] %}"
+    "{{- {'name': call['function']['name'], "
+    "'parameters': call['function']['arguments']} | tojson }}"
+    "{%- endfor %}"
+    "{%- else %}"
+    "{{- (message['content'] or '') | trim }}"
+    "{%- endif %}"
+    "{{- '" + _T + "' }}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}"
-    "{{- '" + START_HEADER_TOKEN + "assistant" + END_HEADER_TOKEN + "\\n\\n' }}"
+    "{{- '" + _H + "assistant" + _E + "\\n\\n' }}"
     "{%- endif %}"
 )
 
