@@ -75,6 +75,24 @@ class RouterConfig(_Strict):
     scrape: MetricsScrapeConfig = MetricsScrapeConfig()
     limits: LimitsConfig = LimitsConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _nodes_serve_every_model_by_default(cls, data: Any) -> Any:
+        """A node without ``models:`` serves every configured model."""
+        if not isinstance(data, dict):
+            return data
+        names = [m.get("name") for m in data.get("models") or [] if isinstance(m, dict)]
+        nodes = data.get("nodes")
+        if isinstance(nodes, list) and names:
+            data = {
+                **data,
+                "nodes": [
+                    {**n, "models": names} if isinstance(n, dict) and "models" not in n else n
+                    for n in nodes
+                ],
+            }
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> RouterConfig:
         check_unique(self.tenants)

@@ -95,11 +95,16 @@ _CLIENT_FAULTS = re.compile(
             r"has \d+ entries; the vocabulary",
             r"unable to find|unknown (model|input)",
             r"are required",
-            r"\binvalid argument\b",
         )
     ),
     re.IGNORECASE,
 )
+_NODE_FAULTS = re.compile(
+    r"engine iteration failed|engine is dead|engine stopped|stub process|not healthy|"
+    r"injected fault|could not build the response",
+    re.IGNORECASE,
+)
+"""Our engines' own failure reports: the node's fault whatever text they quote."""
 _TIMEOUTS = re.compile(r"timeout|timed out|deadline exceeded", re.IGNORECASE)
 
 
@@ -119,6 +124,8 @@ class NodeErrorClass:
 
 def classify(message: str) -> NodeErrorClass:
     """The fault behind a node's error ``message`` (unknown causes count as the node's)."""
+    if _NODE_FAULTS.search(message):
+        return NodeErrorClass("node")
     if _CLIENT_FAULTS.search(message):
         return NodeErrorClass("client")
     if _TIMEOUTS.search(message):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -179,14 +179,18 @@ class Pipeline:
         outcome.priority = self._priority(job, estimate)
         started = time.perf_counter()
         streamed = False
+        forward = self._forward(job, mu_by_pair, outcome)
         try:
-            async for response in self._forward(job, mu_by_pair, outcome):
+            async for response in forward:
                 if not streamed:
                     outcome.ttft_s = time.perf_counter() - started
                     streamed = True
                 outcome.output_tokens += _tokens(response)
                 yield response
         except BaseException:
+            # A caller that left (or any failure) closes the node call first, so that the
+            # node's ledger is freed and the actual MU known before the charge settles.
+            await forward.aclose()
             if not streamed:
                 self.admission.refund(ticket, self.clock())
                 if job.session_id is not None:
@@ -207,7 +211,7 @@ class Pipeline:
 
     async def _forward(
         self, job: Job, mu_by_pair: dict[str, float], outcome: Outcome
-    ) -> AsyncIterator[service_pb2.ModelInferResponse]:
+    ) -> AsyncGenerator[service_pb2.ModelInferResponse, None]:
         """Route and stream; fail over to another node while nothing reached the client."""
         excluded: set[str] = set()
         view = RequestView(

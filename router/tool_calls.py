@@ -26,22 +26,23 @@ def _call(name: str, arguments: object) -> ToolCall:
     }
 
 
-def _json_objects(text: str) -> list[dict[str, Any]]:
-    """Every top-level JSON object in ``text``, in order (``;``/newline separated)."""
+def _json_objects(text: str) -> list[dict[str, Any]] | None:
+    """The JSON objects ``text`` consists of (separated by whitespace or ``;``), or None if
+    anything else is in it."""
     decoder = json.JSONDecoder()
     found: list[dict[str, Any]] = []
     index = 0
     while index < len(text):
-        start = text.find("{", index)
-        if start < 0:
-            break
+        if text[index].isspace() or text[index] == ";":
+            index += 1
+            continue
         try:
-            value, end = decoder.raw_decode(text, start)
+            value, index = decoder.raw_decode(text, index)
         except json.JSONDecodeError:
-            return []
-        if isinstance(value, dict):
-            found.append(value)
-        index = end
+            return None
+        if not isinstance(value, dict):
+            return None
+        found.append(value)
     return found
 
 
@@ -53,17 +54,14 @@ def llama3_json(text: str) -> tuple[str | None, list[ToolCall]]:
     if not body.startswith("{"):
         return text, []
     objects = _json_objects(body)
-    calls = [
-        _call(str(o["name"]), o.get("parameters", o.get("arguments", {})))
-        for o in objects
-        if "name" in o
-    ]
-    if not calls or len(calls) != len(objects):
+    if not objects or any("name" not in o for o in objects):
         return text, []
-    return None, calls
+    return None, [
+        _call(str(o["name"]), o.get("parameters", o.get("arguments", {}))) for o in objects
+    ]
 
 
-_HERMES = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.DOTALL)
+_HERMES = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 
 
 def hermes(text: str) -> tuple[str | None, list[ToolCall]]:
@@ -71,7 +69,7 @@ def hermes(text: str) -> tuple[str | None, list[ToolCall]]:
     calls: list[ToolCall] = []
     for match in _HERMES.finditer(text):
         try:
-            obj = json.loads(match.group(1))
+            obj = json.loads(match.group(1).strip())
         except json.JSONDecodeError:
             continue
         if isinstance(obj, dict) and "name" in obj:

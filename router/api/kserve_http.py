@@ -28,6 +28,8 @@ def _array(tensor: dict[str, Any], binary: bytes | None) -> np.ndarray:
     shape = tensor.get("shape")
     if not isinstance(name, str) or not isinstance(datatype, str) or not isinstance(shape, list):
         raise BadRequest("each input needs a name, a datatype and a shape")
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise BadRequest(f"input {name}: shape must be a list of non-negative integers")
     count = int(np.prod(shape)) if shape else 1
     if binary is not None:
         if datatype == "BYTES":
@@ -40,11 +42,14 @@ def _array(tensor: dict[str, Any], binary: bytes | None) -> np.ndarray:
     if data is None:
         raise BadRequest(f"input {name} has no data")
     if datatype == "BYTES":
-        flat = np.array(
-            [d.encode("utf-8") if isinstance(d, str) else bytes(d) for d in np.ravel(data)],
-            dtype=object,
-        )
-        return flat.reshape(shape)
+        try:
+            flat = np.array(
+                [d.encode("utf-8") if isinstance(d, str) else bytes(d) for d in np.ravel(data)],
+                dtype=object,
+            )
+            return flat.reshape(shape)
+        except (TypeError, ValueError) as exc:
+            raise BadRequest(f"input {name}: data does not fit BYTES{shape}: {exc}") from None
     dtype = DTYPES.get(datatype)
     if dtype is None:
         raise BadRequest(f"input {name}: unknown datatype {datatype}")
@@ -66,6 +71,8 @@ def infer_request_from_json(
     request = service_pb2.ModelInferRequest(model_name=model, id=str(payload.get("id", "")))
     offset = 0
     for tensor in payload["inputs"]:
+        if not isinstance(tensor, dict):
+            raise BadRequest("each input is a JSON object")
         size = (tensor.get("parameters") or {}).get("binary_data_size")
         binary = None
         if size is not None:
@@ -74,8 +81,14 @@ def infer_request_from_json(
     for output in payload.get("outputs") or []:
         request.outputs.add().name = str(output.get("name"))
     for key, value in (payload.get("parameters") or {}).items():
-        if key in ("priority", "timeout"):
-            continue  # the router sets these
+        if key in ("priority", "timeout"):  # asked for; the router clamps and sets them
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                if key == "priority":
+                    request.parameters[key].uint64_param = value
+                else:
+                    request.parameters[key].int64_param = value
+                continue
+            raise BadRequest(f"parameter {key} must be a non-negative integer")
         if isinstance(value, bool):
             request.parameters[key].bool_param = value
         elif isinstance(value, int):

@@ -237,7 +237,7 @@ class OpenAIFront:
             model=model,
             request=build_request(model.config.triton_model, inputs, outputs=TEXT_OUTPUTS),
             prompt_ids=ids,
-            max_tokens=max_tokens,
+            max_tokens=max_tokens * req.n,  # priced for every choice
             session_id=self._session(request, req, tenant.name),
         )
 
@@ -397,7 +397,8 @@ def _index(response: Any) -> int:
 
 
 def _at_limit(outcome: Outcome, job: Job, n: int) -> bool:
-    return outcome.output_tokens >= job.max_tokens * n
+    """Every choice used its whole ``max_tokens`` (``job.max_tokens`` covers all ``n``)."""
+    return outcome.output_tokens >= job.max_tokens
 
 
 def _usage(job: Job, outcome: Outcome) -> dict[str, int]:

@@ -71,14 +71,6 @@ def test_timeouts_classify_as_timeout(message: str) -> None:
     assert classify(message).fault == "timeout"
 
 
-@pytest.mark.xfail(
-    reason="BUG: errors._CLIENT_FAULTS matches r'\\binvalid argument\\b' anywhere in the "
-    "message, so an engine-loop failure carrying CUDA's runtime error text 'CUDA error: "
-    "invalid argument' (python_backends/engine_loop.py wraps every exception of an "
-    "iteration as 'engine iteration failed: <Type>: <text>') is classified as the client's "
-    "fault: 400, no failover, no node_errors health signal",
-    strict=True,
-)
 def test_engine_iteration_failure_with_cuda_invalid_argument_is_the_nodes_fault() -> None:
     message = "engine iteration failed: RuntimeError: CUDA error: invalid argument"
     assert classify(message).fault == "node"

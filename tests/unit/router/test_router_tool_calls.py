@@ -108,13 +108,6 @@ def test_llama3_arguments_already_a_string_are_kept_verbatim() -> None:
     assert calls[0]["function"]["arguments"] == '{"a": 1}'
 
 
-@pytest.mark.xfail(
-    reason="BUG: llama3_json's docstring says only a completion that is nothing but calls "
-    "counts as calls, but _json_objects skips any text between and after the objects (it "
-    "only searches for the next '{'), so prose after a call is silently dropped and the "
-    "completion becomes a tool call with content None",
-    strict=True,
-)
 def test_llama3_prose_after_a_call_is_not_dropped() -> None:
     text = '{"name": "get_weather", "parameters": {"city": "Paris"}} I hope this helps!'
     content, _ = llama3_json(text)
@@ -166,13 +159,6 @@ def test_hermes_malformed_block_is_ignored() -> None:
     assert _args(calls[0]) == {"k": "v"}
 
 
-@pytest.mark.xfail(
-    reason="BUG: tool_calls._HERMES matches r'<tool_call>\\s*(\\{.*?\\})\\s*</tool_call>' "
-    "with DOTALL, so a malformed block with no '}' before its </tool_call> is matched "
-    "together with the next block (the lazy .*? runs across '</tool_call><tool_call>'), "
-    "json.loads fails on the joined text and the following valid call is dropped too",
-    strict=True,
-)
 def test_hermes_malformed_block_without_a_closing_brace_keeps_the_next_call() -> None:
     text = (
         '<tool_call>{"name": "broken", "arguments": {</tool_call>\n'

@@ -119,7 +119,7 @@ def test_short_bytes_tensor_raises_wire_error() -> None:
     request = service_pb2.ModelInferRequest(model_name="m")
     request.inputs.add(name="t", datatype="BYTES", shape=[1, 2])
     request.raw_input_contents.append(struct.pack("<I", 2) + b"ab")  # one element of two
-    with pytest.raises(WireError, match="shorter"):
+    with pytest.raises(WireError, match="BYTES"):
         read_input(request, "t")
 
 
@@ -128,16 +128,23 @@ def test_deserialize_bytes_raises_on_a_truncated_length_prefix() -> None:
         deserialize_bytes(b"\x01\x00", 1)
 
 
-@pytest.mark.xfail(
-    reason="BUG: wire.deserialize_bytes checks only that the 4-byte length prefix fits, not "
-    "that the element's declared length does: raw[offset:offset+length] silently truncates, "
-    "so a BYTES tensor whose last element claims 10 bytes but carries 3 reads as b'abc' "
-    "instead of raising WireError (Triton rejects such a tensor)",
-    strict=True,
-)
 def test_bytes_element_longer_than_its_tensor_raises_wire_error() -> None:
     with pytest.raises(WireError):
         deserialize_bytes(struct.pack("<I", 10) + b"abc", 1)
+
+
+def test_bytes_tensor_with_more_elements_than_its_shape_raises_wire_error() -> None:
+    raw = serialize_bytes(np.array([b"a", b"b", b"c"], dtype=object))
+    with pytest.raises(WireError):
+        deserialize_bytes(raw, 2)
+    assert deserialize_bytes(raw, 3) == [b"a", b"b", b"c"]
+
+
+def test_empty_bytes_tensor() -> None:
+    assert serialize_bytes(np.array([], dtype=object)) == b""
+    assert deserialize_bytes(b"", 0) == []
+    with pytest.raises(WireError):
+        deserialize_bytes(b"", 1)
 
 
 def test_numeric_raw_contents_of_the_wrong_size_raise_wire_error() -> None:
