@@ -90,7 +90,7 @@ def test_concurrent_requests_are_batched(triton_node: TritonNode) -> None:
         for i in range(4):
             client.async_stream_infer(
                 "ensemble",
-                ensemble_inputs(grpcclient, f"request {i}", 96, min_tokens=96, stream=True),
+                ensemble_inputs(grpcclient, f"request {i}", 256, min_tokens=256, stream=True),
                 request_id=f"r{i}",
             )
         deadline = time.monotonic() + 30
@@ -107,7 +107,7 @@ def test_concurrent_requests_are_batched(triton_node: TritonNode) -> None:
     order = [rid for rid, tokens in arrivals if tokens]
     first_final = min(len(order) - order[::-1].index(f"r{i}") - 1 for i in range(4))
     assert len(set(order[: first_final + 1])) >= 3, "streams should interleave"
-    assert sum(len(tokens) for _, tokens in arrivals) == 4 * 96
+    assert sum(len(tokens) for _, tokens in arrivals) == 4 * 256
 
 
 def test_success_metric_grows(triton_node: TritonNode) -> None:
