@@ -39,7 +39,7 @@ from router.output_length import OutputLengthEstimator
 from router.pipeline import Job, Pipeline, PipelineSettings
 from router.policies import build_policy
 from router.upstream import NodeCallError, NodeChannel
-from router.wire import add_input, read_input
+from router.wire import add_input, read_input, set_json_parameter
 
 log = logging.getLogger("mufleet.router")
 
@@ -164,12 +164,12 @@ class RouterService:
         for key, value in body.items():
             if key == "parameters" and isinstance(value, dict):
                 for name, param in value.items():
-                    _set_json_parameter(request, name, param)
+                    set_json_parameter(request, name, param)
                 continue
             spec = inputs.get(key)
             if spec is None:
                 if isinstance(value, (bool, int, float, str)):
-                    _set_json_parameter(request, key, value)
+                    set_json_parameter(request, key, value)
                     continue
                 raise BadRequest(f"unexpected input {key!r} for model {model}")
             dtype = _DTYPES.get(model_config_type(spec.data_type))
@@ -371,23 +371,3 @@ def _opt_float(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise BadRequest("budget_mu and ttl_s must be numbers")
     return float(value)
-
-
-def _set_json_parameter(request: service_pb2.ModelInferRequest, key: str, value: object) -> None:
-    if key in ("priority", "timeout"):
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            request.parameters[key].uint64_param = value if key == "priority" else 0
-            if key == "timeout":
-                request.parameters[key].int64_param = value
-            return
-        raise BadRequest(f"parameter {key} must be a non-negative integer")
-    if isinstance(value, bool):
-        request.parameters[key].bool_param = value
-    elif isinstance(value, int):
-        request.parameters[key].int64_param = value
-    elif isinstance(value, float):
-        request.parameters[key].double_param = value
-    elif isinstance(value, str):
-        request.parameters[key].string_param = value
-    else:
-        raise BadRequest(f"parameter {key} must be a scalar")

@@ -124,6 +124,30 @@ def read_input(request: service_pb2.ModelInferRequest, name: str) -> np.ndarray 
     return None
 
 
+def set_json_parameter(request: service_pb2.ModelInferRequest, key: str, value: object) -> None:
+    """A request parameter from a JSON value; ``priority``/``timeout`` as Triton reads them.
+
+    Raises :class:`WireError` for a value a parameter cannot hold.
+    """
+    if key in ("priority", "timeout"):
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            raise WireError(f"parameter {key} must be a non-negative integer")
+        if key == "priority":
+            request.parameters[key].uint64_param = value
+        else:
+            request.parameters[key].int64_param = value
+    elif isinstance(value, bool):
+        request.parameters[key].bool_param = value
+    elif isinstance(value, int):
+        request.parameters[key].int64_param = value
+    elif isinstance(value, float):
+        request.parameters[key].double_param = value
+    elif isinstance(value, str):
+        request.parameters[key].string_param = value
+    else:
+        raise WireError(f"parameter {key} must be a scalar")
+
+
 def set_parameter(message: object, key: str, value: bool | int | str) -> None:
     """Set a request parameter (``bool_param``, ``int64_param`` or ``string_param``)."""
     param = message.parameters[key]  # type: ignore[attr-defined]

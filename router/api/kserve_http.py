@@ -18,7 +18,14 @@ from tritonclient.grpc import service_pb2
 
 from router.api.common import JSONResponse, kserve_error, parse_json, read_body
 from router.errors import BadRequest, RouterError
-from router.wire import DTYPES, WireError, add_input, deserialize_bytes, read_output
+from router.wire import (
+    DTYPES,
+    WireError,
+    add_input,
+    deserialize_bytes,
+    read_output,
+    set_json_parameter,
+)
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -81,20 +88,7 @@ def infer_request_from_json(
     for output in payload.get("outputs") or []:
         request.outputs.add().name = str(output.get("name"))
     for key, value in (payload.get("parameters") or {}).items():
-        if key in ("priority", "timeout"):  # asked for; the router clamps and sets them
-            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-                if key == "priority":
-                    request.parameters[key].uint64_param = value
-                else:
-                    request.parameters[key].int64_param = value
-                continue
-            raise BadRequest(f"parameter {key} must be a non-negative integer")
-        if isinstance(value, bool):
-            request.parameters[key].bool_param = value
-        elif isinstance(value, int):
-            request.parameters[key].int64_param = value
-        elif isinstance(value, str):
-            request.parameters[key].string_param = value
+        set_json_parameter(request, str(key), value)
     return request, payload
 
 
