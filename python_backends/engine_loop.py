@@ -114,7 +114,8 @@ class EngineLoop(Generic[S]):
         it after ``stall_timeout``. A dead engine returns at once: its requests have
         already failed.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
         with self._cond:
             while self._waiting and not self._stop and self.dead_reason is None:
                 now = time.monotonic()
@@ -122,7 +123,9 @@ class EngineLoop(Generic[S]):
                 if remaining is not None and remaining <= 0:
                     return False
                 if stall_timeout is not None:
-                    if now - self.last_progress > stall_timeout:
+                    # Stalled: no iteration completed in the last stall_timeout seconds of
+                    # this wait (an engine that was idle before it is not stalled).
+                    if now - max(self.last_progress, started) > stall_timeout:
                         return False
                     poll = stall_timeout / 4
                     remaining = poll if remaining is None else min(remaining, poll)
