@@ -49,11 +49,12 @@ HERE = Path(__file__).resolve()
 
 def _response_template() -> service_pb2.ModelInferResponse:
     response = service_pb2.ModelInferResponse(model_version="1")
-    for name, datatype, shape, raw in (
+    outputs: tuple[tuple[str, str, tuple[int, ...], bytes], ...] = (
         ("text_output", "BYTES", (1, 1), len(b"ok").to_bytes(4, "little") + b"ok"),
         ("output_ids", "INT32", (1, 1, 1), np.array([1], dtype=np.int32).tobytes()),
         ("sequence_length", "INT32", (1, 1), np.array([1], dtype=np.int32).tobytes()),
-    ):
+    )
+    for name, datatype, shape, raw in outputs:
         tensor = response.outputs.add()
         tensor.name = name
         tensor.datatype = datatype
@@ -74,12 +75,13 @@ def _metadata(name: str) -> service_pb2.ModelMetadataResponse:
         ("stream", "BOOL", (-1, 1)),
     ):
         meta.inputs.add(name=tensor, datatype=datatype, shape=shape)
-    for tensor, datatype, shape in (
+    outputs: tuple[tuple[str, str, tuple[int, ...]], ...] = (
         ("text_output", "BYTES", (-1, -1)),
         ("output_ids", "INT32", (-1, -1, -1)),
         ("sequence_length", "INT32", (-1, -1)),
-    ):
-        meta.outputs.add(name=tensor, datatype=datatype, shape=shape)
+    )
+    for tensor, datatype, dims in outputs:
+        meta.outputs.add(name=tensor, datatype=datatype, shape=dims)
     return meta
 
 

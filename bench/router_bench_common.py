@@ -92,9 +92,11 @@ def router_config(
     tokenizer_dir: Path,
     ports: NodePorts,
     scrape_interval_s: float = 1.0,
+    policy: str | None = None,
 ) -> dict[str, Any]:
-    """A router configuration; ``nodes`` are ``(name, grpc host:port, http URL, metrics URL)``."""
-    return {
+    """A router configuration; ``nodes`` are ``(name, grpc host:port, http URL, metrics URL)``;
+    ``policy`` None keeps the router's default (``mu_cost``)."""
+    config: dict[str, Any] = {
         "listen": {"host": "127.0.0.1", "http_port": ports.http, "grpc_port": ports.grpc},
         "admin_token": ADMIN_TOKEN,
         "tenants": tenant_section(),
@@ -113,6 +115,9 @@ def router_config(
         ],
         "scrape": {"interval_s": scrape_interval_s, "timeout_s": 0.5},
     }
+    if policy is not None:
+        config["policy"] = {"name": policy}
+    return config
 
 
 @dataclass

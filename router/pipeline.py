@@ -317,10 +317,9 @@ class Pipeline:
                 )
 
     def _gauges(self, node: str) -> None:
-        for snap in self.table.snapshot(self.clock()):
-            if snap.name == node:
-                self.metrics.inflight_mu.labels(node).set(snap.inflight_mu)
-                self.metrics.utilisation.labels(node).set(snap.load_ratio)
+        snap = self.table.snapshot_of(node, self.clock())
+        self.metrics.inflight_mu.labels(node).set(snap.inflight_mu)
+        self.metrics.utilisation.labels(node).set(snap.load_ratio)
 
 
 def _tokens(response: service_pb2.ModelInferResponse) -> int:

@@ -59,8 +59,9 @@ class NodeChannel:
             async for message in call:
                 if message.error_message:
                     raise NodeCallError(message.error_message, transport=False)
+                final = is_final(message.infer_response)
                 yield message.infer_response
-                if is_final(message.infer_response):
+                if final:
                     return
         except grpc.aio.AioRpcError as exc:
             raise NodeCallError(
