@@ -244,7 +244,7 @@ class Pipeline:
             outcome.attempts += 1
             outcome.node = node
             outcome.route_reason = decision.reason
-            self.metrics.decisions.labels(self.policy_name, decision.reason).inc()
+            self.metrics.decisions.labels(self.policy_name, decision.kind).inc()
             self.policy.on_routed(view, node, now)
             self._session_landed(job, node)
             mu = mu_by_pair.get(self.node_pairs[node], 0.0)

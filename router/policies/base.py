@@ -87,7 +87,10 @@ class Decision:
 
     node: str
     reason: str
+    """Free text for logs and response headers (may hold numbers and keys)."""
     scores: Mapping[str, float] = field(default_factory=dict)
+    kind: str = "best_score"
+    """A small fixed vocabulary per policy: the metrics label (bounded cardinality)."""
 
 
 class NoCandidateError(LookupError):

@@ -190,6 +190,10 @@ class MuCost(ScoringPolicy[MuCostParams]):
             return f"cost {-scores[i]:.4g} s, {share:.0%} of the prompt credited as cached"
         return f"cost {-scores[i]:.4g} s"
 
+    def kind(self, request: RequestView, table: NodeTable, i: int, scores: FloatArray) -> str:
+        credit, scale = self._credit
+        return "cache_credit" if credit is not None and credit[i] * scale > 0 else "cost"
+
     def on_routed(self, request: RequestView, node: str, now: float) -> None:
         if request.block_hashes:
             self.index(request).insert(node, request.block_hashes, now)

@@ -88,6 +88,9 @@ class PrefixAware(ScoringPolicy[PrefixAwareParams]):
             return "no cached prefix; least loaded"
         return f"{blocks} of {len(request.block_hashes)} blocks cached"
 
+    def kind(self, request: RequestView, table: NodeTable, i: int, scores: FloatArray) -> str:
+        return "prefix_hit" if int(scores[i]) else "least_loaded"
+
     def on_routed(self, request: RequestView, node: str, now: float) -> None:
         if request.block_hashes:
             self.index(request).insert(node, request.block_hashes, now)

@@ -382,6 +382,7 @@ class ScoringPolicy(ABC, Generic[P]):
             node=table.names[i],
             reason=f"{self.name}: {self.explain(request, table, i, scores)}",
             scores=ScoreMap(table.names, table.index, scores, mask),
+            kind=self.kind(request, table, i, scores),
         )
 
     def on_routed(self, request: RequestView, node: str, now: float) -> None:
@@ -445,6 +446,10 @@ class ScoringPolicy(ABC, Generic[P]):
 
     def explain(self, request: RequestView, table: NodeTable, i: int, scores: FloatArray) -> str:
         return f"score {scores[i]:.6g}"
+
+    def kind(self, request: RequestView, table: NodeTable, i: int, scores: FloatArray) -> str:
+        """Why, as a metrics label from a small fixed set (never numbers or keys)."""
+        return "best_score"
 
     def table_rebuilt(self, table: NodeTable) -> None:
         """Hook: every row changed (keep per-row derived state here)."""

@@ -123,6 +123,9 @@ class SessionAffinity(ScoringPolicy[SessionAffinityParams]):
                 return int(rows[first])
         raise AssertionError("bounded-load filter left no candidate")  # pragma: no cover
 
+    def kind(self, request: RequestView, table: NodeTable, i: int, scores: FloatArray) -> str:
+        return "ring_owner" if self._last_walk[1] == 0 else "ring_walk"
+
     def explain(self, request: RequestView, table: NodeTable, i: int, scores: FloatArray) -> str:
         key, skipped = self._last_walk
         if skipped == 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -71,6 +72,15 @@ def test_decision_names_a_candidate(name: str) -> None:
         assert decision.node in decision.scores
         assert set(decision.scores) <= names
         assert all(isinstance(v, float) for v in decision.scores.values())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_decision_kinds_are_a_small_fixed_set(name: str) -> None:
+    """``kind`` is a metrics label: no numbers, keys or node names, few values."""
+    nodes = synthetic_fleet(16, seed=5)
+    kinds = {d.kind for d in drive(build_policy(name), SyntheticTraffic(seed=5).take(200), nodes)}
+    assert kinds and len(kinds) <= 4, kinds
+    assert all(re.fullmatch(r"[a-z_]+", k) for k in kinds), kinds
 
 
 def tempting_fleet() -> list[NodeSnapshot]:
