@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
@@ -21,6 +22,7 @@ from python_backends.trtllm_metrics import TrtLlmMetrics
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 ENGINE_DEAD_EXIT_CODE = 87
+CANCELLATION_CHECK_S = 0.1
 STALL_S = 5.0
 """An ``execute`` call waits for engine slots while the engine keeps iterating; after this
 many seconds without an iteration (a wedged engine) it returns, and requests queue in the
@@ -63,6 +65,24 @@ def _sender(response_sender):
             response_sender.send(response, flags=FINAL if final else 0)
 
     return send
+
+
+class _CancellationCheck:
+    """Asks Triton whether the client cancelled at most every CANCELLATION_CHECK_S (an IPC
+    round trip to the server each time), as TensorRT-LLM's cancellation_check_period_ms."""
+
+    def __init__(self, sender, assembler):
+        self.sender, self.assembler = sender, assembler
+        self.checked_at, self.cancelled = 0.0, False
+
+    def __call__(self):
+        if self.assembler.failed or self.cancelled:
+            return True
+        now = time.monotonic()
+        if now - self.checked_at >= CANCELLATION_CHECK_S:
+            self.checked_at = now
+            self.cancelled = self.sender.is_cancelled()
+        return self.cancelled
 
 
 def _exit_stub(reason):
@@ -113,8 +133,7 @@ class TritonPythonModel:
                 continue
             assembler = ResponseAssembler(parsed, _sender(sender), self.decoupled, self._holdback)
 
-            def cancelled(sender=sender, assembler=assembler):
-                return assembler.failed or sender.is_cancelled()
+            cancelled = _CancellationCheck(sender, assembler)
 
             for index, spec in enumerate(parsed.specs):
                 self.engine.submit(spec, assembler.emitter(index), cancelled)
