@@ -117,16 +117,17 @@ class Pipeline:
         self.metrics = metrics
         self.settings = settings or PipelineSettings()
         self.clock = clock
+        self._model_pairs: dict[str, set[str]] = {}
+        """The pairs of the nodes that serve each model (node configurations are fixed)."""
+        for node in table.names:
+            for model in table.config(node).models:
+                self._model_pairs.setdefault(model, set()).add(node_pairs[node])
 
     # -- pricing --------------------------------------------------------------------------
     def price(self, job: Job) -> dict[str, float]:
         """MU of ``job`` on each pair that serves its model (expected output learnt)."""
         expected = self.estimator.expected(job.tenant.name, job.model.name, job.max_tokens)
-        pairs = {
-            self.node_pairs[s.name]
-            for s in self.table.snapshot(self.clock())
-            if job.model.name in s.models
-        }
+        pairs = self._model_pairs.get(job.model.name, ())
         return {
             pair: self.costs[pair].estimate(len(job.prompt_ids), job.max_tokens, 0, expected)
             for pair in pairs
