@@ -7,11 +7,9 @@ the load average; percentiles and a bootstrap interval for a difference of media
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import selectors
-import signal
 import subprocess
 import sys
 import time
@@ -24,6 +22,7 @@ from typing import Any
 import numpy as np
 import psutil
 import yaml
+from null_upstream import stop_process
 
 from mufleet.node import NodePorts
 
@@ -144,22 +143,6 @@ class RouterProcess:
 
     def stop(self, timeout: float = 20.0) -> None:
         stop_process(self.process, timeout)
-
-
-def stop_process(process: subprocess.Popen[Any], timeout: float = 20.0) -> None:
-    """SIGTERM ``process`` (by its pid only), wait, then SIGKILL it."""
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            process.wait(timeout=timeout)
-    for stream in (process.stdout, process.stderr):
-        if stream is not None:
-            stream.close()
 
 
 def _first_line(process: subprocess.Popen[str], timeout: float) -> str:
