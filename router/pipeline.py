@@ -263,7 +263,7 @@ class Pipeline:
                 if fault.fault == "client":
                     raise error from exc
                 self.metrics.node_errors.labels(node, fault.fault).inc()
-                if sent:
+                if sent or fault.fault == "timeout":  # one deadline: never multiplied
                     raise error from exc
                 excluded.add(node)
                 last_error = error

@@ -212,17 +212,32 @@ class RouterService:
                 raise BadRequest("missing input text_input")
             if out_len is None:
                 raise BadRequest("missing input max_tokens")
-            ids = [t for row in np.asarray(text).reshape(-1) for t in model.encode(_text(row))]
+            rows = [model.encode(_text(row)) for row in np.asarray(text).reshape(-1)]
+            lengths = [int(n) for n in np.asarray(out_len).reshape(-1)]
+            if len(lengths) == len(rows):
+                longest = max(len(r) + n for r, n in zip(rows, lengths, strict=True))
+                if longest > model.max_context:
+                    raise BadRequest(
+                        f"a prompt plus its max_tokens needs {longest} tokens; the context "
+                        f"window is {model.max_context}"
+                    )
+            ids = [t for row in rows for t in row]
             max_tokens = int(np.asarray(out_len).sum())
             n = read_input(request, "num_return_sequences")
-            if n is not None:
+            if n is not None and np.asarray(n).size:
                 max_tokens *= max(int(np.asarray(n).reshape(-1)[0]), 1)
         if max_tokens < 1:
             raise BadRequest(f"max_tokens must be at least 1, got {max_tokens}")
-        if len(ids) + max_tokens > model.max_context * max(len(request.inputs), 1):
+        if model_name == "tensorrt_llm" and len(ids) + max_tokens > model.max_context * max(
+            int(np.asarray(ids_in).shape[0]) if np.asarray(ids_in).ndim > 1 else 1, 1
+        ):
             raise BadRequest("the prompt plus max_tokens exceeds the context window")
         priority = request.parameters.get("priority")
         timeout = request.parameters.get("timeout")
+        timeout_us = _param_int(timeout)
+        limit_us = int(self.config.limits.request_timeout_s * 1e6)
+        if timeout_us is not None and not 0 <= timeout_us <= limit_us:
+            raise BadRequest(f"timeout must lie in [0, {limit_us}] microseconds, got {timeout_us}")
         session = headers.get("x-session-id")
         if session is None and "session_id" in request.parameters:
             session = request.parameters["session_id"].string_param or None
@@ -238,10 +253,8 @@ class RouterService:
             max_tokens=max_tokens,
             session_id=session,
             requested_priority=_param_int(priority),
-            timeout_s=(_param_int(timeout) or 0) / 1e6 or None,
+            timeout_s=(timeout_us or 0) / 1e6 or None,
         )
-        if request.id:
-            job.request_id = request.id
         if request.outputs and not any(o.name == "sequence_length" for o in request.outputs):
             request.outputs.add().name = "sequence_length"  # the router counts tokens
         return job

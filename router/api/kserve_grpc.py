@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,6 +21,7 @@ from router.errors import BadRequest, RouterError
 from router.pipeline import Outcome
 from router.wire import WireError, is_final
 
+log = logging.getLogger("mufleet.router")
 _CODES = {name: getattr(grpc.StatusCode, name) for name in grpc.StatusCode.__members__}
 
 
@@ -110,8 +112,10 @@ class KServeGrpcFront(service_pb2_grpc.GRPCInferenceServiceServicer):
                         tagged = _tagged(response, outcome)
                         await out.put(service_pb2.ModelStreamInferResponse(infer_response=tagged))
             except RouterError as error:
-                message = f"[{error.status}] {error.message}"
-                await out.put(service_pb2.ModelStreamInferResponse(error_message=message))
+                await out.put(_stream_error(request, f"[{error.status}] {error.message}"))
+            except Exception as exc:  # never leave a request on the stream unanswered
+                log.exception("stream request failed")
+                await out.put(_stream_error(request, f"[500] router error: {exc}"))
 
         async def read() -> None:
             async for request in request_iterator:
@@ -135,6 +139,16 @@ class KServeGrpcFront(service_pb2_grpc.GRPCInferenceServiceServicer):
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
+
+
+def _stream_error(
+    request: service_pb2.ModelInferRequest, message: str
+) -> service_pb2.ModelStreamInferResponse:
+    """An error on the stream that names the request it ends (Triton fills in the id)."""
+    response = service_pb2.ModelStreamInferResponse(error_message=message)
+    response.infer_response.id = request.id
+    response.infer_response.model_name = request.model_name
+    return response
 
 
 def _tagged(

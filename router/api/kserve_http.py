@@ -70,6 +70,17 @@ def infer_request_from_json(
     model: str, body: bytes, header_length: int | None
 ) -> tuple[service_pb2.ModelInferRequest, dict[str, Any]]:
     """A KServe JSON (or JSON + binary) infer body as a protobuf request."""
+    try:
+        return _infer_request(model, body, header_length)
+    except (RouterError, WireError):
+        raise
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise BadRequest(f"malformed infer request: {exc}") from None
+
+
+def _infer_request(
+    model: str, body: bytes, header_length: int | None
+) -> tuple[service_pb2.ModelInferRequest, dict[str, Any]]:
     head = body if header_length is None else body[:header_length]
     blob = b"" if header_length is None else body[header_length:]
     payload = parse_json(head)
@@ -168,6 +179,8 @@ class KServeHttpFront:
             tenant = self.service.keys.tenant(request.headers.get("authorization"))
             raw = await read_body(request, self.service.config.limits.max_body_bytes)
             header = request.headers.get(HEADER_LENGTH)
+            if header is not None and not header.isdigit():
+                raise BadRequest(f"{HEADER_LENGTH} must be a byte count")
             proto, _ = infer_request_from_json(
                 request.path_params["model"], raw, int(header) if header else None
             )
@@ -224,4 +237,18 @@ class KServeHttpFront:
             finally:
                 await pipeline.aclose()
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        return _ClosingStream(events(), pipeline.aclose)
+
+
+class _ClosingStream(StreamingResponse):
+    """SSE that closes the pipeline when the response ends, also when the client left."""
+
+    def __init__(self, body: AsyncIterator[bytes], close: Any) -> None:
+        super().__init__(body, media_type="text/event-stream")
+        self._close = close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._close()

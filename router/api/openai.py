@@ -366,29 +366,32 @@ class OpenAIFront:
                 yield event({**base, "choices": [], "usage": _usage(job, outcome)})
             yield b"data: [DONE]\n\n"
 
-        return _DeferredSSE(first, body, outcome)
+        return _DeferredSSE(first, body, outcome, stream.aclose)
 
 
 class _DeferredSSE(Response):
     """An SSE response that answers with an error status if the request fails before its
     first token (admission, routing, a node fault), and streams otherwise."""
 
-    def __init__(self, first: Any, body: Any, outcome: Outcome) -> None:
+    def __init__(self, first: Any, body: Any, outcome: Outcome, close: Any) -> None:
         super().__init__()
-        self._first, self._body, self._outcome = first, body, outcome
+        self._first, self._body, self._outcome, self._close = first, body, outcome, close
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
-            head = await self._first()
-        except RouterError as error:
-            await openai_error(error)(scope, receive, send)
-            return
-        stream = StreamingResponse(
-            self._body(head),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", **_headers(self._outcome)},
-        )
-        await stream(scope, receive, send)
+            try:
+                head = await self._first()
+            except RouterError as error:
+                await openai_error(error)(scope, receive, send)
+                return
+            stream = StreamingResponse(
+                self._body(head),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", **_headers(self._outcome)},
+            )
+            await stream(scope, receive, send)
+        finally:
+            await self._close()  # a client that left ends its request on the node now
 
 
 def _index(response: Any) -> int:

@@ -74,7 +74,9 @@ class TritonPythonModel:
         try:
             for tensors in pipeline.run(inputs):
                 if sender.is_cancelled():
-                    break
+                    error = pb_utils.TritonError("cancelled", pb_utils.TritonError.CANCELLED)
+                    sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL)
+                    return
                 outputs = [pb_utils.Tensor(k, v) for k, v in tensors.items()]
                 response = pb_utils.InferenceResponse(output_tensors=outputs)
                 if self.decoupled:

@@ -306,11 +306,13 @@ def test_failed_node_is_excluded_even_when_it_would_win_again() -> None:
     assert len(h.channels["node0"].calls) == 1
 
 
-def test_timeout_before_the_first_token_fails_over_too() -> None:
+def test_a_timeout_is_not_retried_so_the_deadline_is_never_multiplied() -> None:
     h = harness({"node0": [[fault("DEADLINE_EXCEEDED: Deadline Exceeded", transport=True)]]})
     outcome = Outcome()
-    h.run(h.job(), outcome)
-    assert outcome.attempts == 2
+    error = h.run_error(h.job(), outcome, [])
+    assert error.status == 504
+    assert outcome.attempts == 1
+    assert h.channels["node1"].calls == []
     assert h.sample("mufleet_router_node_errors_total", node="node0", fault="timeout") == 1
 
 
