@@ -180,13 +180,15 @@ class Pipeline:
         outcome.priority = self._priority(job, estimate)
         started = time.perf_counter()
         streamed = False
+        counted = TokenCount()
         forward = self._forward(job, mu_by_pair, outcome)
         try:
             async for response in forward:
                 if not streamed:
                     outcome.ttft_s = time.perf_counter() - started
                     streamed = True
-                outcome.output_tokens += _tokens(response)
+                counted.add(response)
+                outcome.output_tokens = counted.total
                 yield response
         except BaseException:
             # A caller that left (or any failure) closes the node call first, so that the
@@ -323,12 +325,43 @@ class Pipeline:
         self.metrics.utilisation.labels(node).set(snap.load_ratio)
 
 
-def _tokens(response: service_pb2.ModelInferResponse) -> int:
-    lengths = read_output(response, "sequence_length")
-    if lengths is not None:
-        return int(np.asarray(lengths).sum())
-    ids = read_output(response, "output_ids")
-    return 0 if ids is None else int(np.asarray(ids).size)
+class TokenCount:
+    """Generated tokens of one request, from its responses.
+
+    ``num_output_tokens`` (which the router asks every node for) is each sequence's running
+    count, so the last value per (batch index, sequence index) is exact whether the prompt
+    is echoed (``exclude_input_in_output`` false) or texts accumulate (BLS
+    ``accumulate_tokens``). Without it, ``sequence_length`` (else ``output_ids``) of each
+    response is summed.
+    """
+
+    def __init__(self) -> None:
+        self._by_sequence: dict[tuple[int, int], int] = {}
+        self._summed = 0
+
+    def add(self, response: service_pb2.ModelInferResponse) -> None:
+        counts = read_output(response, "num_output_tokens")
+        if counts is not None and counts.size:
+            batch = read_output(response, "batch_index")
+            seq = read_output(response, "sequence_index")
+            for row, count in enumerate(np.asarray(counts).reshape(-1)):
+                key = (
+                    row if batch is None or batch.size <= row else int(batch.reshape(-1)[row]),
+                    0 if seq is None or seq.size <= row else int(seq.reshape(-1)[row]),
+                )
+                self._by_sequence[key] = max(self._by_sequence.get(key, 0), int(count))
+            return
+        lengths = read_output(response, "sequence_length")
+        if lengths is not None:
+            self._summed += int(np.asarray(lengths).sum())
+            return
+        ids = read_output(response, "output_ids")
+        if ids is not None:
+            self._summed += int(np.asarray(ids).size)
+
+    @property
+    def total(self) -> int:
+        return sum(self._by_sequence.values()) + self._summed
 
 
 def _session_error(session_id: str, exc: SessionError) -> RouterError:

@@ -255,8 +255,7 @@ class RouterService:
             requested_priority=_param_int(priority),
             timeout_s=(timeout_us or 0) / 1e6 or None,
         )
-        if request.outputs and not any(o.name == "sequence_length" for o in request.outputs):
-            request.outputs.add().name = "sequence_length"  # the router counts tokens
+        _ask_for_token_counts(request)
         return job
 
     def _served_for(self, headers: Mapping[str, str]) -> ServedModel:
@@ -352,6 +351,23 @@ class RouterService:
         for channel in self.channels.values():
             await channel.close()
         await self._fetch.aclose()
+
+
+def _ask_for_token_counts(request: service_pb2.ModelInferRequest) -> None:
+    """Have the node report each sequence's generated-token count (the router bills it)."""
+    if read_input(request, "return_num_output_tokens") is None:
+        rows_of = read_input(request, "text_input")
+        if rows_of is None:
+            rows_of = read_input(request, "input_ids")
+        rows = int(np.asarray(rows_of).shape[0]) if rows_of is not None else 1
+        if request.inputs and not request.raw_input_contents:  # typed contents: stay typed
+            tensor = request.inputs.add(name="return_num_output_tokens", datatype="BOOL")
+            tensor.shape.extend([rows, 1])
+            tensor.contents.bool_contents.extend([True] * rows)
+        else:
+            add_input(request, "return_num_output_tokens", np.ones((rows, 1), dtype=bool))
+    if request.outputs and not any(o.name == "num_output_tokens" for o in request.outputs):
+        request.outputs.add().name = "num_output_tokens"
 
 
 def model_config_type(value: int) -> str:

@@ -26,7 +26,7 @@ from router.pipeline import Job, Outcome
 from router.tool_calls import PARSERS
 from router.wire import build_request, read_output
 
-TEXT_OUTPUTS = ("text_output", "sequence_length", "sequence_index")
+TEXT_OUTPUTS = ("text_output", "sequence_length", "sequence_index", "num_output_tokens")
 
 
 class _Loose(BaseModel):
@@ -127,6 +127,7 @@ def ensemble_inputs(req: _Sampling, prompt: str, max_tokens: int) -> dict[str, n
         "max_tokens": np.array([[max_tokens]], dtype=np.int32),
         "stream": np.array([[req.stream]], dtype=bool),
         "exclude_input_in_output": np.array([[True]], dtype=bool),
+        "return_num_output_tokens": np.array([[True]], dtype=bool),  # the router counts them
     }
     temperature = 1.0 if req.temperature is None else req.temperature
     if temperature == 0.0:
