@@ -5,7 +5,7 @@ request into typed :class:`GenerationSpec` objects (one per batch row and return
 sequence) plus the request's :class:`OutputOptions`, and checks them, so engines share one
 parser and one set of error messages. Inputs are read by their names in
 :mod:`python_backends.contract`; a value an engine cannot honour is refused by name
-(:func:`python_backends.contract.refusal`), never ignored.
+(:func:`python_backends.engine_limits.refusal`), never ignored.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from python_backends.contract import LIMITS, MODELS, refusal
+from python_backends.contract import MODELS
+from python_backends.engine_limits import LIMITS, refusal
 from python_backends.word_lists import decode_word_lists
 
 TRTLLM_INPUTS = MODELS["tensorrt_llm"].input_names

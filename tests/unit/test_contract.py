@@ -19,13 +19,8 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from mufleet.repository import RenderParams, render
-from python_backends.contract import (
-    LIMITS,
-    MODELS,
-    MUFLEET_FRONT_OUTPUTS,
-    TRTLLM_FROM_FRONT,
-    refusal,
-)
+from python_backends.contract import MODELS, MUFLEET_FRONT_OUTPUTS, TRTLLM_FROM_FRONT
+from python_backends.engine_limits import LIMITS, refusal
 
 UPSTREAM = json.loads((Path(__file__).parents[1] / "data" / "upstream_contract.json").read_text())[
     "models"
