@@ -7,13 +7,13 @@ before it costs a node anything.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from python_backends.text_codec import context_window
 from router.policies.prefix import block_hashes
 
 
@@ -31,17 +31,6 @@ class ModelConfig(BaseModel):
     block_size: int = Field(16, ge=1, le=4096, description="tokens per prefix block")
 
 
-def _context_window(tokenizer_dir: Path, tokenizer: Any) -> int:
-    config = tokenizer_dir / "config.json"
-    if config.exists():
-        data = json.loads(config.read_text())
-        for key in ("max_position_embeddings", "n_positions", "max_seq_len"):
-            if isinstance(data.get(key), int):
-                return int(data[key])
-    limit = getattr(tokenizer, "model_max_length", 0) or 0
-    return int(limit) if 0 < limit < 10**7 else 2048
-
-
 class ServedModel:
     """A model's tokenizer and limits, loaded once per router."""
 
@@ -51,9 +40,9 @@ class ServedModel:
         self.config = config
         self.name = config.name
         self.tokenizer = AutoTokenizer.from_pretrained(str(config.tokenizer_dir))
-        self.max_context = config.max_context or _context_window(
-            config.tokenizer_dir, self.tokenizer
-        )
+        limit = getattr(self.tokenizer, "model_max_length", 0) or 0
+        fallback = int(limit) if 0 < limit < 10**7 else 2048
+        self.max_context = config.max_context or context_window(config.tokenizer_dir, fallback)
 
     def encode(self, text: str) -> list[int]:
         """Token ids as the nodes' preprocessing makes them (special tokens added)."""

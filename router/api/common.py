@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from router.admission import TenantConfig
 from router.errors import BadRequest, PayloadTooLarge, RouterError, Unauthorized
@@ -85,3 +85,23 @@ def openai_error(error: RouterError) -> JSONResponse:
 
 def kserve_error(error: RouterError) -> JSONResponse:
     return JSONResponse({"error": error.message}, status_code=error.status, headers=error.headers)
+
+
+class ClosingStream(StreamingResponse):
+    """Server-sent events that run ``close`` when the response ends, also when the client
+    left mid-way: the request's node call ends at once, not at garbage collection."""
+
+    def __init__(
+        self,
+        body: Any,
+        close: Any,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(body, media_type="text/event-stream", headers=headers)
+        self._close = close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._close()

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from tritonclient.grpc import service_pb2
 
-from router.api.common import JSONResponse, kserve_error, parse_json, read_body
+from router.api.common import ClosingStream, JSONResponse, kserve_error, parse_json, read_body
 from router.errors import BadRequest, RouterError
 from router.wire import (
     DTYPES,
@@ -234,21 +234,5 @@ class KServeHttpFront:
                     response = await anext(pipeline, None)
             except RouterError as error:
                 yield b"data: " + orjson.dumps({"error": error.message}) + b"\n\n"
-            finally:
-                await pipeline.aclose()
 
-        return _ClosingStream(events(), pipeline.aclose)
-
-
-class _ClosingStream(StreamingResponse):
-    """SSE that closes the pipeline when the response ends, also when the client left."""
-
-    def __init__(self, body: AsyncIterator[bytes], close: Any) -> None:
-        super().__init__(body, media_type="text/event-stream")
-        self._close = close
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self._close()
+        return ClosingStream(events(), pipeline.aclose)

@@ -17,9 +17,9 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
-from router.api.common import JSONResponse, openai_error, parse_json, read_body
+from router.api.common import ClosingStream, JSONResponse, openai_error, parse_json, read_body
 from router.errors import BadRequest, NotFound, RouterError, Unprocessable
 from router.models import ServedModel
 from router.pipeline import Job, Outcome
@@ -348,8 +348,6 @@ class OpenAIFront:
                 payload = {"error": {"message": error.message, "type": error.kind}}
                 yield b"data: " + orjson.dumps(payload) + b"\n\n"
                 return
-            finally:
-                await stream.aclose()  # a client that left ends the request on its node
             for index in range(req.n):
                 finish = "length" if _at_limit(outcome, job, req.n) else "stop"
                 if index in buffered:
@@ -380,19 +378,13 @@ class _DeferredSSE(Response):
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
-            try:
-                head = await self._first()
-            except RouterError as error:
-                await openai_error(error)(scope, receive, send)
-                return
-            stream = StreamingResponse(
-                self._body(head),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", **_headers(self._outcome)},
-            )
-            await stream(scope, receive, send)
-        finally:
-            await self._close()  # a client that left ends its request on the node now
+            head = await self._first()
+        except RouterError as error:
+            await self._close()
+            await openai_error(error)(scope, receive, send)
+            return
+        headers = {"Cache-Control": "no-cache", **_headers(self._outcome)}
+        await ClosingStream(self._body(head), self._close, headers)(scope, receive, send)
 
 
 def _index(response: Any) -> int:
