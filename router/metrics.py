@@ -94,5 +94,77 @@ class RouterMetrics:
             registry=r,
         )
 
+        self.migrations = Counter(
+            "mufleet_router_migrations",
+            "Streams continued on another node after their node failed mid-way",
+            ["node"],
+            registry=r,
+        )
+        self.retry_budget_refused = Counter(
+            "mufleet_router_retry_budget_refused",
+            "Retries refused because the retry budget was spent",
+            registry=r,
+        )
+        self.queued_requests = Gauge(
+            "mufleet_router_queued_requests",
+            "Requests waiting for a routable node",
+            registry=r,
+        )
+        self.evicted = Counter(
+            "mufleet_router_evicted_requests",
+            "Requests moved off a node the health machine cordoned",
+            ["node"],
+            registry=r,
+        )
+        # -- fleet health --------------------------------------------------------------
+        self.node_state = Gauge(
+            "mufleet_router_node_state",
+            "1 for each node's current health state",
+            ["node", "state"],
+            registry=r,
+        )
+        self.node_transitions = Counter(
+            "mufleet_router_node_transitions",
+            "Health state changes",
+            ["node", "from_state", "to_state"],
+            registry=r,
+        )
+        self.node_trust = Gauge(
+            "mufleet_router_node_trust",
+            "Share of requests the health machine allows the node (0 to 1)",
+            ["node"],
+            registry=r,
+        )
+        self.node_capacity_factor = Gauge(
+            "mufleet_router_node_capacity_factor",
+            "Share of the calibrated capacity the node is credited with (GPU throttling)",
+            ["node"],
+            registry=r,
+        )
+        self.probe_signals = Counter(
+            "mufleet_router_probe_signals",
+            "Probe verdicts by node, probe and verdict",
+            ["node", "probe", "verdict"],
+            registry=r,
+        )
+        self.canary_ttft = Histogram(
+            "mufleet_router_canary_first_token_seconds",
+            "First-token time of canaries (failed ones at the time they were given up)",
+            ["node"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.restarts = Counter(
+            "mufleet_router_node_restarts",
+            "Restart attempts by node, restarter and result",
+            ["node", "restarter", "result"],
+            registry=r,
+        )
+        self.panic = Gauge(
+            "mufleet_router_panic_mode",
+            "1 while too few nodes are healthy (suspect nodes keep full weight)",
+            registry=r,
+        )
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -44,6 +44,11 @@ class ServedModel:
         fallback = int(limit) if 0 < limit < 10**7 else 2048
         self.max_context = config.max_context or context_window(config.tokenizer_dir, fallback)
 
+    @property
+    def vocab_size(self) -> int:
+        """Token ids at or above this are not the model's (a node sending one is broken)."""
+        return len(self.tokenizer)
+
     def encode(self, text: str) -> list[int]:
         """Token ids as the nodes' preprocessing makes them (special tokens added)."""
         return list(self.tokenizer.encode(text, add_special_tokens=True))

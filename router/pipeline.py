@@ -31,14 +31,15 @@ from router.errors import (
     NotFound,
     RateLimited,
     RouterError,
-    classify,
 )
 from router.fleet import NodeTable
+from router.forward import AttemptSink, Forwarder
+from router.health.config import FailoverConfig
 from router.metrics import RouterMetrics
 from router.models import ServedModel
 from router.output_length import OutputLengthEstimator
-from router.policies import NoCandidateError, Policy, RequestView
-from router.upstream import NodeCallError, NodeChannel
+from router.policies import Policy, RequestView
+from router.upstream import NodeChannel
 from router.wire import read_output, set_parameter
 
 PRIORITY_PARAMETER = "priority_level"
@@ -77,8 +78,7 @@ class Outcome:
 
 @dataclass
 class PipelineSettings:
-    max_attempts: int = 3
-    """Nodes tried before a request fails (failover before the first token)."""
+    failover: FailoverConfig = field(default_factory=FailoverConfig)
     request_timeout_s: float = 300.0
     headroom_window_s: float = 1.0
     """In-flight MU counts as work due within this window when judging fleet headroom."""
@@ -102,6 +102,7 @@ class Pipeline:
         estimator: OutputLengthEstimator,
         metrics: RouterMetrics,
         settings: PipelineSettings | None = None,
+        sink: AttemptSink | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.table = table
@@ -122,6 +123,17 @@ class Pipeline:
         for node in table.names:
             for model in table.config(node).models:
                 self._model_pairs.setdefault(model, set()).add(node_pairs[node])
+        self.forwarder = Forwarder(
+            table=table,
+            channels=channels,
+            policy=policy,
+            policy_name=policy_name,
+            metrics=metrics,
+            hooks=self,
+            settings=self.settings.failover,
+            sink=sink,
+            clock=clock,
+        )
 
     # -- pricing --------------------------------------------------------------------------
     def price(self, job: Job) -> dict[str, float]:
@@ -181,14 +193,17 @@ class Pipeline:
         started = time.perf_counter()
         streamed = False
         counted = TokenCount()
-        forward = self._forward(job, mu_by_pair, outcome)
+
+        def count(response: service_pb2.ModelInferResponse) -> None:
+            counted.add(response)
+            outcome.output_tokens = counted.total
+
+        forward = self._forward(job, mu_by_pair, outcome, count)
         try:
             async for response in forward:
                 if not streamed:
                     outcome.ttft_s = time.perf_counter() - started
                     streamed = True
-                counted.add(response)
-                outcome.output_tokens = counted.total
                 yield response
         except BaseException:
             # A caller that left (or any failure) closes the node call first, so that the
@@ -212,11 +227,14 @@ class Pipeline:
             job.tenant.tier, estimate, 0.0, job.tenant.max_priority, requested=requested
         )
 
-    async def _forward(
-        self, job: Job, mu_by_pair: dict[str, float], outcome: Outcome
+    def _forward(
+        self,
+        job: Job,
+        mu_by_pair: dict[str, float],
+        outcome: Outcome,
+        count: Callable[[service_pb2.ModelInferResponse], None],
     ) -> AsyncGenerator[service_pb2.ModelInferResponse, None]:
-        """Route and stream; fail over to another node while nothing reached the client."""
-        excluded: set[str] = set()
+        """Route and stream through the :class:`~router.forward.Forwarder`."""
         view = RequestView(
             request_id=job.request_id,
             tenant=job.tenant.name,
@@ -234,49 +252,22 @@ class Pipeline:
         set_parameter(request, PRIORITY_PARAMETER, outcome.priority)
         timeout_s = job.timeout_s or self.settings.request_timeout_s
         request.parameters["timeout"].int64_param = int(timeout_s * 1e6)
-        last_error: RouterError | None = None
-        while outcome.attempts < self.settings.max_attempts:
-            now = self.clock()
-            self.table.set_reserved(self.sessions.reserved_by_node())
-            candidates = [s for s in self.table.snapshot(now) if s.name not in excluded]
-            try:
-                decision = self.policy.choose(view, candidates, now)
-            except NoCandidateError as exc:
-                raise last_error or NoCapacity(str(exc)) from exc
-            node = decision.node
-            outcome.attempts += 1
-            outcome.node = node
-            outcome.route_reason = decision.reason
-            self.metrics.decisions.labels(self.policy_name, decision.kind).inc()
-            self.policy.on_routed(view, node, now)
-            self._session_landed(job, node)
-            mu = mu_by_pair.get(self.node_pairs[node], 0.0)
-            self.table.start(node, job.request_id, mu, now)
-            self._gauges(node)
-            sent = False
-            try:
-                async for response in self.channels[node].stream(request, timeout_s + 5.0):
-                    sent = True
-                    yield response
-                return
-            except NodeCallError as exc:
-                fault = classify(exc.message)
-                error = fault.as_error(node, exc.message)
-                if fault.fault == "client":
-                    raise error from exc
-                self.metrics.node_errors.labels(node, fault.fault).inc()
-                if sent or fault.fault == "timeout":  # one deadline: never multiplied
-                    raise error from exc
-                excluded.add(node)
-                last_error = error
-                self.metrics.failovers.labels(node).inc()
-            finally:
-                actual = self._actual(job, outcome, node)
-                outcome.actual_mu = actual
-                self.table.finish(node, job.request_id, self.clock())
-                self.policy.on_finished(view, node, self.clock())
-                self._gauges(node)
-        raise last_error or NoCapacity("no node could serve the request")
+        return self.forwarder.forward(job, view, outcome, timeout_s, count)
+
+    # -- the forwarder's hooks ---------------------------------------------------------------
+    def attempt_started(self, job: Job, view: RequestView, node: str, now: float) -> None:
+        self.table.set_reserved(self.sessions.reserved_by_node())
+        self.policy.on_routed(view, node, now)
+        self._session_landed(job, node)
+        self.table.start(node, job.request_id, view.mu_by_pair.get(self.node_pairs[node], 0.0), now)
+        self._gauges(node)
+
+    def attempt_ended(self, job: Job, view: RequestView, node: str, outcome: Outcome) -> None:
+        outcome.actual_mu = self._actual(job, outcome, node)
+        now = self.clock()
+        self.table.finish(node, job.request_id, now)
+        self.policy.on_finished(view, node, now)
+        self._gauges(node)
 
     def _session_landed(self, job: Job, node: str) -> None:
         if job.session_id is None:

@@ -7,7 +7,8 @@ and ends with Triton's final-response flag.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncGenerator
 
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
@@ -15,6 +16,12 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from router.wire import is_final, set_parameter
 
 MAX_MESSAGE_BYTES = 64 << 20
+
+
+def _task_cancelling() -> bool:
+    """The current task itself is being cancelled (not only the call)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 class NodeCallError(Exception):
@@ -25,6 +32,21 @@ class NodeCallError(Exception):
         self.message = message
         self.transport = transport
         """True when the node never answered (connection refused, reset, deadline)."""
+
+
+class CallHandle:
+    """Lets someone other than the consumer end a node call (the health monitor evicting
+    work from a node it cordoned): :meth:`cancel` cancels the gRPC call, and the consumer's
+    stream then raises :class:`NodeCallError` with :attr:`reason` set."""
+
+    def __init__(self) -> None:
+        self.call: grpc.aio.Call | None = None
+        self.reason: str | None = None
+
+    def cancel(self, reason: str) -> None:
+        self.reason = reason
+        if self.call is not None:
+            self.call.cancel()
 
 
 class NodeChannel:
@@ -50,11 +72,18 @@ class NodeChannel:
         return self._stub
 
     async def stream(
-        self, request: service_pb2.ModelInferRequest, deadline_s: float | None
-    ) -> AsyncIterator[service_pb2.ModelInferResponse]:
+        self,
+        request: service_pb2.ModelInferRequest,
+        deadline_s: float | None,
+        handle: CallHandle | None = None,
+    ) -> AsyncGenerator[service_pb2.ModelInferResponse, None]:
         """The responses of ``request`` up to and including the final one."""
         set_parameter(request, "triton_enable_empty_final_response", True)
         call = self.stub.ModelStreamInfer(iter([request]), timeout=deadline_s)
+        if handle is not None:
+            handle.call = call
+            if handle.reason is not None:
+                call.cancel()
         try:
             async for message in call:
                 if message.error_message:
@@ -64,11 +93,17 @@ class NodeChannel:
                 if final:
                     return
         except grpc.aio.AioRpcError as exc:
+            if handle is not None and handle.reason is not None:
+                raise NodeCallError(f"evicted: {handle.reason}", transport=True) from exc
             raise NodeCallError(
                 f"{exc.code().name}: {exc.details()}",
                 transport=exc.code()
                 in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED),
             ) from exc
+        except asyncio.CancelledError:
+            if handle is not None and handle.reason is not None and not _task_cancelling():
+                raise NodeCallError(f"evicted: {handle.reason}", transport=True) from None
+            raise
         finally:
             call.cancel()
 

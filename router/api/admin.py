@@ -32,7 +32,24 @@ class AdminFront:
             self.service.keys.admin(request.headers.get("authorization"))
         except RouterError as error:
             return openai_error(error)
-        return JSONResponse({"nodes": self.service.table.admin_view(time.monotonic())})
+        return JSONResponse({"nodes": self.node_views(time.monotonic())})
+
+    def node_views(self, now: float) -> list[dict[str, Any]]:
+        """The table's view of every node, with the health machine's verdicts and the
+        node's recent transitions (``at`` on the router's monotonic clock)."""
+        table = self.service.table
+        monitor = getattr(self.service, "monitor", None)
+        views = table.admin_view(now)
+        for view in views:
+            name = view["name"]
+            if monitor is not None:
+                view["health"] = monitor.machine.view(name, now)
+                view["panic"] = monitor.machine.panic()
+            view["history"] = [
+                {"at": t.at, "from": t.from_state.value, "to": t.to_state.value, "reason": t.reason}
+                for t in table.history(name)[-16:]
+            ]
+        return views
 
     async def act(self, request: Request) -> Response:
         """``cordon`` (no new work), ``drain`` (no new work, let in-flight finish),
@@ -55,7 +72,7 @@ class AdminFront:
             return openai_error(NotFound(str(exc)))
         except RouterError as error:
             return openai_error(error)
-        view = [n for n in table.admin_view(time.monotonic()) if n["name"] == node]
+        view = [n for n in self.node_views(time.monotonic()) if n["name"] == node]
         return JSONResponse(view[0])
 
     async def tenants(self, request: Request) -> Response:

@@ -84,6 +84,14 @@ class NodeEntry:
     mu_started: float = 0.0
     mu_finished: float = 0.0
     last_finished_at: float | None = None
+    busy_since: float | None = None
+    """When the router's in-flight count on the node last went from 0 to 1."""
+    last_token_at: float | None = None
+    """When a response of any request last arrived from the node."""
+    trust: float = 1.0
+    """The health machine's share for the node (see ``NodeSnapshot.trust``)."""
+    capacity_factor: float = 1.0
+    """Its share of the calibrated capacity (a throttled GPU works slower)."""
     scrape_failures: int = 0
     """Consecutive failed scrapes (0 after a good one)."""
     scrape_failures_total: int = 0
@@ -134,6 +142,7 @@ _FAST_SNAPSHOT = (
         "kv_used_fraction",
         "metrics_age_s",
         "reserved_mu",
+        "trust",
     }
 )
 
@@ -228,6 +237,8 @@ class NodeTable:
             raise ValueError(f"mu must be a finite number >= 0, got {mu}")
         if request_id in e.inflight:
             return
+        if not e.inflight:
+            e.busy_since = now
         e.inflight[request_id] = mu
         e.inflight_mu += mu
         e.requests_started += 1
@@ -251,6 +262,28 @@ class NodeTable:
         e.last_finished_at = now
         e.changed()
         return mu
+
+    def note_progress(self, node: str, now: float) -> None:
+        """A response arrived from ``node`` (cheap: called for every streamed token)."""
+        self._entries[node].last_token_at = now
+
+    def stalled_for(self, node: str, now: float) -> float:
+        """Seconds the node has had requests in flight without sending anything (0 when it
+        has none in flight or answered since they started)."""
+        e = self.entry(node)
+        if not e.inflight or e.busy_since is None:
+            return 0.0
+        last = max(e.busy_since, e.last_token_at or e.busy_since, e.last_finished_at or 0.0)
+        return max(now - last, 0.0)
+
+    def set_health(self, node: str, trust: float, capacity_factor: float) -> None:
+        """The health machine's trust and capacity factor for ``node`` (both in [0, 1])."""
+        e = self.entry(node)
+        trust = min(max(trust, 0.0), 1.0)
+        factor = min(max(capacity_factor, 0.01), 1.0)
+        if trust != e.trust or factor != e.capacity_factor:
+            e.trust, e.capacity_factor = trust, factor
+            e.changed()
 
     def inflight(self, node: str) -> Mapping[str, float]:
         """A copy of the node's in-flight requests (id → MU)."""
@@ -359,13 +392,14 @@ class NodeTable:
                 "name": e.config.name,
                 "pair": e.config.pair,
                 "models": frozenset(e.config.models),
-                "capacity_mu_s": e.capacity_mu_s,
+                "capacity_mu_s": e.capacity_mu_s * e.capacity_factor,
                 "state": e.state,
                 "inflight_mu": e.inflight_mu,
                 "inflight_requests": len(e.inflight),
                 "queued_requests": m.queued if m is not None else 0,
                 "kv_used_fraction": kv if kv is not None else 0.0,
                 "reserved_mu": e.reserved_mu,
+                "trust": e.trust,
             }
             e._fields = fields
         return fields
@@ -422,7 +456,9 @@ class NodeTable:
                     "inflight_requests": len(e.inflight),
                     "reserved_mu": e.reserved_mu,
                     "capacity_mu_s": e.capacity_mu_s,
-                    "utilisation": e.inflight_mu / e.capacity_mu_s,
+                    "capacity_factor": e.capacity_factor,
+                    "trust": e.trust,
+                    "utilisation": e.inflight_mu / (e.capacity_mu_s * e.capacity_factor),
                     "queued": m.queued if m is not None else None,
                     "kv_used_fraction": m.kv_used_fraction if m is not None else None,
                     "metrics_age_s": None if m is None else max(now - m.scraped_at, 0.0),

@@ -33,6 +33,9 @@ class NodeState(str, Enum):
         return self in (NodeState.HEALTHY, NodeState.SUSPECT, NodeState.PROBATION)
 
 
+ROUTABLE_STATES = frozenset(s for s in NodeState if s.routable)
+
+
 @dataclass(frozen=True)
 class NodeSnapshot:
     """One node as the router sees it at one instant."""
@@ -53,6 +56,9 @@ class NodeSnapshot:
     """Seconds since the node's metrics were last scraped (stale metrics count against it)."""
     reserved_mu: float = 0.0
     """Headroom held on this node for open agent sessions."""
+    trust: float = 1.0
+    """The health machine's confidence in the node, in [0, 1]: the share of requests a
+    policy may send it (suspect, on probation, or ramping up after probation)."""
 
     @property
     def load_ratio(self) -> float:

@@ -4,13 +4,12 @@
 filter, scorer and picker plugins):
 
 1. **eligible** (not meant to be overridden): nodes whose ``state.routable`` is true and whose
-   ``models`` contain ``request.model``; none left → :class:`NoCandidateError`. Nodes in
-   ``PROBATION`` then get a *reduced share* (a slow ramp of trust): each is kept for a request
-   with probability ``share(t) = probation_share + (1 − probation_share) · min(1, t /
-   probation_ramp_s)``, ``t`` being how long this policy has seen it in probation. The coin is
-   a hash of (request id, node), so the same request always gets the same answer. If every
-   candidate is a probation node that lost its coin, they are all kept: a node on trial beats
-   no node.
+   ``models`` contain ``request.model``; none left → :class:`NoCandidateError`. A node the
+   health machine does not fully trust (``NodeSnapshot.trust`` < 1: suspect, on probation,
+   ramping up after it) then gets a *reduced share*: it is kept for a request with
+   probability ``trust``. The coin is a hash of (request id, node), so the same request
+   always gets the same answer. If every candidate lost its coin, they are all kept: a node
+   on trial beats no node.
 2. **filter** (per policy, optional): narrow the candidates further (bounded load, sampling);
    never to nothing.
 3. **score** (per policy): one float per node, higher is better. Cost-based policies score
@@ -33,12 +32,11 @@ import operator
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from hashlib import blake2b
-from itertools import repeat
 from typing import Generic, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from router.policies.base import Decision, NoCandidateError, NodeSnapshot, NodeState, RequestView
 
@@ -53,11 +51,6 @@ class PolicyParams(BaseModel):
     """Parameters every policy takes; each policy's own model extends this one."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-    probation_share: float = Field(0.25, ge=0.0, le=1.0)
-    """Share of its requests a node gets when it has just entered probation."""
-    probation_ramp_s: float = Field(300.0, gt=0.0)
-    """Seconds in probation over which its share ramps linearly up to 1."""
 
 
 def unit_hash(*parts: str) -> float:
@@ -86,6 +79,7 @@ _COLUMNS = (
     "queued_requests",
     "kv_used_fraction",
     "metrics_age_s",
+    "trust",
 )
 
 
@@ -118,10 +112,8 @@ class NodeTable:
         self.queued_requests: FloatArray = empty
         self.kv_used: FloatArray = empty
         self.metrics_age: FloatArray = empty
+        self.trust: FloatArray = empty
         self.routable: BoolArray = np.zeros(0, dtype=bool)
-        self.probation: BoolArray = np.zeros(0, dtype=bool)
-        self.n_probation = 0
-        self.probation_since: dict[str, float] = {}
         self.kv_lost: list[str] = []
         """Nodes seen restarting (their KV cache is gone): entering ``RESTARTING``, or
         ``PROBATION`` from a routable state (the restart happened between two looks)."""
@@ -211,17 +203,10 @@ class NodeTable:
             self.queued_requests,
             self.kv_used,
             self.metrics_age,
+            self.trust,
         ) = cols
         states = [s.state for s in new]
         self.routable = np.fromiter(map(_ROUTABLE.__contains__, states), bool, n)
-        self.probation = np.fromiter(
-            map(operator.is_, states, repeat(NodeState.PROBATION)), bool, n
-        )
-        self.n_probation = int(np.count_nonzero(self.probation))
-        since = {}
-        for i in np.flatnonzero(self.probation).tolist():
-            since[names[i]] = self.probation_since.get(names[i], now)
-        self.probation_since = since
         if old_nodes:  # state changes: restarts lose the KV cache
             if names == old_names:
                 old_states = [s.state for s in old_nodes]
@@ -268,6 +253,7 @@ class NodeTable:
             s.queued_requests,
             s.kv_used_fraction,
             s.metrics_age_s,
+            s.trust,
         )
         state = s.state
         models = s.models
@@ -275,14 +261,6 @@ class NodeTable:
             return
         if state is not old.state:
             self.routable[i] = state.routable
-            on_probation = state is NodeState.PROBATION
-            if on_probation != bool(self.probation[i]):
-                self.probation[i] = on_probation
-                self.n_probation += 1 if on_probation else -1
-            if on_probation:
-                self.probation_since.setdefault(s.name, now)
-            else:
-                self.probation_since.pop(s.name, None)
             if _restarted(old.state, state):
                 self.kv_lost.append(s.name)
         for model, mask in self._serves.items():
@@ -394,26 +372,20 @@ class ScoringPolicy(ABC, Generic[P]):
     # -- the pipeline's steps -------------------------------------------------------------
 
     def eligible(self, request: RequestView, table: NodeTable, now: float) -> BoolArray:
-        """Routable nodes serving the model, probation nodes at their reduced share."""
+        """Routable nodes serving the model, partly trusted ones at their reduced share."""
         mask = table.eligible(request.model)
         if not mask.any():
             raise NoCandidateError(self._no_candidate(request, table))
         mask = mask.copy()
-        if table.n_probation:
-            on_trial = np.flatnonzero(mask & table.probation)
-            if on_trial.size:
-                p0 = self.params.probation_share
-                ramp = self.params.probation_ramp_s
-                names = table.names
-                since = table.probation_since
-                drop = [
-                    i
-                    for i in on_trial.tolist()
-                    if unit_hash(request.request_id, names[i])
-                    >= p0 + (1.0 - p0) * min(1.0, (now - since.get(names[i], now)) / ramp)
-                ]
-                if drop and len(drop) < np.count_nonzero(mask):
-                    mask[drop] = False
+        on_trial = np.flatnonzero(mask & (table.trust < 1.0))
+        if on_trial.size:
+            names = table.names
+            trust = table.trust
+            drop = [
+                i for i in on_trial.tolist() if unit_hash(request.request_id, names[i]) >= trust[i]
+            ]
+            if drop and len(drop) < np.count_nonzero(mask):
+                mask[drop] = False
         return mask
 
     def filter(

@@ -58,6 +58,7 @@ def make_node(
     kv_used_fraction: float = 0.0,
     metrics_age_s: float = 0.0,
     reserved_mu: float = 0.0,
+    trust: float = 1.0,
 ) -> NodeSnapshot:
     """A snapshot with test-friendly defaults (one model, reference capacity, idle)."""
     return NodeSnapshot(
@@ -72,6 +73,7 @@ def make_node(
         kv_used_fraction=kv_used_fraction,
         metrics_age_s=metrics_age_s,
         reserved_mu=reserved_mu,
+        trust=trust,
     )
 
 

@@ -21,42 +21,41 @@ def test_ties_go_to_the_first_name_whatever_the_row_order() -> None:
         assert build_policy("least_projected_mu").choose(request, nodes, 0.0).node == "a"
 
 
-def share_of_probation_node(params: dict[str, float], age_s: float) -> float:
-    """Fraction of 2000 requests the probation node gets when it is the idlest of two."""
-    policy = LeastRequest(LeastRequestParams(**params))
+def share_of_node(trust: float) -> float:
+    """Fraction of 2000 requests a node of the given trust gets when it is the idlest of two."""
+    policy = LeastRequest(LeastRequestParams())
     traffic = SyntheticTraffic(seed=9)
     nodes = [
         make_node("busy", inflight_requests=50),
-        make_node("trial", state=NodeState.PROBATION),
+        make_node("trial", state=NodeState.PROBATION, trust=trust),
     ]
-    policy.choose(traffic.next(), nodes, 0.0)  # the policy sees it enter probation at t=0
-    hits = sum(policy.choose(traffic.next(), nodes, age_s).node == "trial" for _ in range(2000))
+    hits = sum(policy.choose(traffic.next(), nodes, 0.0).node == "trial" for _ in range(2000))
     return hits / 2000
 
 
-def test_probation_gets_a_reduced_share_that_ramps_up() -> None:
-    params = {"probation_share": 0.2, "probation_ramp_s": 100.0}
-    assert share_of_probation_node(params, 0.0) == pytest.approx(0.2, abs=0.04)
-    assert share_of_probation_node(params, 50.0) == pytest.approx(0.6, abs=0.04)
-    assert share_of_probation_node(params, 100.0) == 1.0
-    assert share_of_probation_node({"probation_share": 1.0}, 0.0) == 1.0
+def test_a_partly_trusted_node_gets_its_share() -> None:
+    assert share_of_node(0.2) == pytest.approx(0.2, abs=0.04)
+    assert share_of_node(0.6) == pytest.approx(0.6, abs=0.04)
+    assert share_of_node(1.0) == 1.0
+    assert share_of_node(0.0) == 0.0
 
 
-def test_probation_node_is_used_when_it_is_the_only_candidate() -> None:
-    policy = build_policy("round_robin", {"probation_share": 0.0})
-    nodes = [make_node("trial", state=NodeState.PROBATION), make_node("x", models=("other",))]
+def test_an_untrusted_node_is_used_when_it_is_the_only_candidate() -> None:
+    policy = build_policy("round_robin")
+    nodes = [
+        make_node("trial", state=NodeState.PROBATION, trust=0.0),
+        make_node("x", models=("other",)),
+    ]
     for request in SyntheticTraffic(seed=1).take(20):
         assert policy.choose(request, nodes, 0.0).node == "trial"
 
 
-def test_probation_clock_restarts_when_a_node_reenters() -> None:
+def test_trust_is_read_again_when_a_snapshot_changes() -> None:
     table = NodeTable()
-    table.sync([make_node("a", state=NodeState.PROBATION)], 10.0)
+    table.sync([make_node("a", trust=0.3)], 10.0)
+    assert table.trust.tolist() == [0.3]
     table.sync([make_node("a")], 20.0)
-    assert table.probation_since == {}
-    table.sync([make_node("a", state=NodeState.PROBATION)], 30.0)
-    assert table.probation_since == {"a": 30.0}
-    assert table.n_probation == 1
+    assert table.trust.tolist() == [1.0]
 
 
 def test_unit_hash_is_uniform_enough_and_stable() -> None:

@@ -65,7 +65,7 @@ def test_minimal_config_loads(tmp_path: Path, base: dict[str, Any], tiny_model_d
     # Defaults.
     assert config.policy.name == "mu_cost"
     assert config.listen.http_port == 9000
-    assert config.limits.max_attempts == 3
+    assert config.failover.max_attempts == 3
 
 
 def test_secrets_are_not_shown(tmp_path: Path, base: dict[str, Any]) -> None:
@@ -190,8 +190,8 @@ def test_empty_sections_are_refused(tmp_path: Path, base: dict[str, Any]) -> Non
 
 
 def test_bad_values_name_their_key(tmp_path: Path, base: dict[str, Any]) -> None:
-    base["limits"] = {"max_attempts": 0}
-    assert "limits.max_attempts" in _load_error(tmp_path, base)
+    base["failover"] = {"max_attempts": 0}
+    assert "failover.max_attempts" in _load_error(tmp_path, base)
 
 
 # -- pair_profile_path ---------------------------------------------------------------------

@@ -27,12 +27,13 @@ from router.config import REPOSITORY_ROOT
 from router.cost_model import CostModel, PairProfile, RequestShape
 from router.errors import BadRequest, NodeFailed, NotFound, RateLimited, Timeout
 from router.fleet import NodeConfig, NodeTable
+from router.health.config import FailoverConfig
 from router.metrics import RouterMetrics
 from router.models import ModelConfig, ServedModel
 from router.output_length import OutputLengthEstimator
 from router.pipeline import PRIORITY_PARAMETER, Job, Outcome, Pipeline, PipelineSettings
 from router.policies import block_hashes, build_policy
-from router.upstream import NodeCallError, NodeChannel
+from router.upstream import CallHandle, NodeCallError, NodeChannel
 from router.wire import build_request, read_output, serialize_bytes
 
 PAIR = "llama-3.1-8b_h100-sxm_tp1"
@@ -71,6 +72,17 @@ def fault(message: str, transport: bool = False) -> NodeCallError:
     return NodeCallError(message, transport=transport)
 
 
+class _TaskCall:
+    """Stands for a gRPC call: cancelling it cancels the task reading the stream."""
+
+    def __init__(self, task: asyncio.Task[Any] | None) -> None:
+        self.task = task
+
+    def cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+
 class FakeChannel(NodeChannel):
     """A node: each ``stream`` call plays the next script (responses, or an error raised)."""
 
@@ -80,17 +92,33 @@ class FakeChannel(NodeChannel):
         self.calls: list[tuple[service_pb2.ModelInferRequest, float | None]] = []
 
     async def stream(
-        self, request: service_pb2.ModelInferRequest, deadline_s: float | None
-    ) -> AsyncIterator[service_pb2.ModelInferResponse]:
+        self,
+        request: service_pb2.ModelInferRequest,
+        deadline_s: float | None,
+        handle: CallHandle | None = None,
+    ) -> AsyncGenerator[service_pb2.ModelInferResponse, None]:
         copy = service_pb2.ModelInferRequest()
         copy.CopyFrom(request)
         self.calls.append((copy, deadline_s))
+        if handle is not None:
+            handle.call = _TaskCall(asyncio.current_task())
         script = self.scripts.pop(0) if self.scripts else ok_script()
-        for item in script:
-            await asyncio.sleep(0)
-            if isinstance(item, NodeCallError):
-                raise item
-            yield item
+        try:
+            for item in script:
+                await asyncio.sleep(0)
+                if isinstance(item, NodeCallError):
+                    raise item
+                if item == "sleep":  # a node that says nothing for a while
+                    await asyncio.sleep(1.0)
+                    continue
+                if item == "wait":  # a node that says nothing until cancelled
+                    await asyncio.sleep(30.0)
+                    continue
+                yield item
+        except asyncio.CancelledError:
+            if handle is not None and handle.reason is not None:
+                raise NodeCallError(f"evicted: {handle.reason}", transport=True) from None
+            raise
 
 
 # -- the harness ---------------------------------------------------------------------------
@@ -99,6 +127,7 @@ class FakeModel:
 
     def __init__(self) -> None:
         self.name = MODEL
+        self.vocab_size = 32000
         self.config = ModelConfig(name=MODEL, tokenizer_dir=Path("/nonexistent"))
 
     def blocks(self, token_ids: Sequence[int]) -> tuple[int, ...]:
@@ -200,7 +229,12 @@ def harness(scripts: dict[str, list[list[Item]]] | None = None, **settings: Any)
         priorities=PriorityMapper(),
         estimator=OutputLengthEstimator(),
         metrics=metrics,
-        settings=PipelineSettings(**settings),
+        settings=PipelineSettings(
+            failover=FailoverConfig(
+                **{k: settings.pop(k) for k in list(settings) if k in FailoverConfig.model_fields}
+            ),
+            **settings,
+        ),
         clock=clock,
     )
     return Harness(pipeline, table, admission, sessions, metrics, channels, cost, clock)
@@ -316,9 +350,9 @@ def test_a_timeout_is_not_retried_so_the_deadline_is_never_multiplied() -> None:
     assert h.sample("mufleet_router_node_errors_total", node="node0", fault="timeout") == 1
 
 
-def test_node_fault_after_a_response_is_not_retried() -> None:
+def test_node_fault_after_a_response_is_not_retried_without_migration() -> None:
     script: list[Item] = [token_response("Hel", 2), fault("engine is dead: 3 iterations in a row")]
-    h = harness({"node0": [script]})
+    h = harness({"node0": [script]}, migrate_streams=False)
     outcome = Outcome()
     seen: list[service_pb2.ModelInferResponse] = []
     error = h.run_error(h.job(), outcome, seen)
