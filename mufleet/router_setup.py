@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +54,14 @@ def write_router_config(
     http_port: int = 9000,
     grpc_port: int = 9001,
     host: str = "127.0.0.1",
+    restarters: Sequence[Mapping[str, Any]] | None = None,
 ) -> RouterConfig:
-    """Write (or refresh) the router configuration for ``nodes`` and return it validated."""
+    """Write (or refresh) the router configuration for ``nodes`` and return it validated.
+
+    ``restarters`` (``health.restarters`` entries) belong to the fleet's part: when given
+    they replace the file's, and the other ``health`` keys of the file are kept; when not
+    given no ``health`` section is written.
+    """
     profile = PairProfile.load(pair_profile)
     existing: dict[str, Any] = {}
     if path.exists():
@@ -82,6 +88,12 @@ def write_router_config(
     for key in ("policy", "admission", "priority", "sessions", "scrape", "limits"):
         if key in existing:
             data[key] = existing[key]
+    if restarters is not None:
+        health = existing.get("health")
+        data["health"] = {
+            **(health if isinstance(health, dict) else {}),
+            "restarters": [dict(r) for r in restarters],
+        }
     config = RouterConfig.model_validate(data)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -20,6 +20,7 @@ from router.admission import (
     check_unique,
 )
 from router.fleet import NodeConfig
+from router.health.config import FailoverConfig, HealthConfig
 from router.models import ModelConfig
 from router.policies import POLICIES
 
@@ -39,7 +40,6 @@ class ListenConfig(_Strict):
 class LimitsConfig(_Strict):
     max_body_bytes: int = Field(4 << 20, ge=1024, description="413 above this")
     request_timeout_s: float = Field(300.0, gt=0)
-    max_attempts: int = Field(3, ge=1, le=10, description="nodes tried before the first token")
 
 
 class PolicyConfig(_Strict):
@@ -74,6 +74,8 @@ class RouterConfig(_Strict):
     sessions: SessionsConfig = SessionsConfig()
     scrape: MetricsScrapeConfig = MetricsScrapeConfig()
     limits: LimitsConfig = LimitsConfig()
+    health: HealthConfig = HealthConfig()
+    failover: FailoverConfig = FailoverConfig()
 
     @model_validator(mode="before")
     @classmethod

@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import httpx
 import numpy as np
 from google.protobuf import json_format
 from starlette.applications import Starlette
@@ -33,10 +34,12 @@ from router.config import RouterConfig
 from router.cost_model import CostModel, PairProfile
 from router.errors import BadRequest, NoCapacity, NotFound, RouterError
 from router.fleet import HttpxFetch, MetricsScraper, NodeTable
+from router.health.build import build_health
+from router.health.monitor import HealthMonitor
 from router.metrics import RouterMetrics
 from router.models import ServedModel
 from router.output_length import OutputLengthEstimator
-from router.pipeline import Job, Pipeline, PipelineSettings
+from router.pipeline import PRIORITY_PARAMETER, Job, Pipeline, PipelineSettings
 from router.policies import build_policy
 from router.upstream import NodeCallError, NodeChannel
 from router.wire import add_input, read_input, set_json_parameter
@@ -85,10 +88,25 @@ class RouterService:
             estimator=OutputLengthEstimator(),
             metrics=self.metrics,
             settings=PipelineSettings(
-                max_attempts=config.limits.max_attempts,
-                request_timeout_s=config.limits.request_timeout_s,
+                failover=config.failover, request_timeout_s=config.limits.request_timeout_s
             ),
         )
+        self._health_client = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=1024)
+        )
+        self.monitor: HealthMonitor | None = None
+        if config.health.enabled:
+            self.monitor, passive = build_health(
+                config.health,
+                self.table,
+                self.channels,
+                next(iter(self.models.values())).vocab_size,
+                self.metrics,
+                self.pipeline.forwarder,
+                self._health_client,
+                PRIORITY_PARAMETER,
+            )
+            self.pipeline.forwarder.sink = passive
         self._fetch = HttpxFetch()
         self.scraper = MetricsScraper(
             self.table,
@@ -334,6 +352,8 @@ class RouterService:
     async def start_background(self) -> None:
         self._tasks.append(asyncio.create_task(self.scraper.run(), name="scrape"))
         self._tasks.append(asyncio.create_task(self._expire_sessions(), name="sessions"))
+        if self.monitor is not None:
+            self._tasks.append(asyncio.create_task(self.monitor.run(), name="health"))
 
     async def _expire_sessions(self) -> None:
         while True:
@@ -342,6 +362,8 @@ class RouterService:
 
     async def stop_background(self) -> None:
         self.scraper.stop()
+        if self.monitor is not None:
+            self.monitor.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -351,6 +373,7 @@ class RouterService:
         for channel in self.channels.values():
             await channel.close()
         await self._fetch.aclose()
+        await self._health_client.aclose()
 
 
 def _ask_for_token_counts(request: service_pb2.ModelInferRequest) -> None:

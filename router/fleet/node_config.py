@@ -58,6 +58,12 @@ class NodeConfig(BaseModel):
     """The engine model whose queue and counters the metrics describe."""
     capacity_mu_s: float | None = Field(default=None, gt=0)
     """Overrides the pair profile's capacity (MU/s) for this node."""
+    gpu_url: str | None = Field(default=None, min_length=1)
+    """The node's ``mufleet gpu-agent`` (``http://host:port``), whose verdict the router reads."""
+    pod: str | None = Field(default=None, min_length=1)
+    """The node's Kubernetes pod, for the ``kubernetes`` restarter (default: ``name``)."""
+    namespace: str | None = Field(default=None, min_length=1)
+    """The pod's namespace (default: the ``kubernetes`` restarter's own)."""
 
     @field_validator("grpc_url")
     @classmethod

@@ -75,7 +75,7 @@ def build_health(
                 priority_parameter=priority_parameter,
             )
         )
-    if config.gpu.enabled and any(getattr(e.config, "gpu_url", None) for e in table):
+    if config.gpu.enabled and any(e.config.gpu_url for e in table):
         probes.append(GpuAgentProbe(config.gpu, client))
     passive = PassiveJudge(config.passive, table.names)
     judges: list[FleetJudge] = []

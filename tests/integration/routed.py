@@ -36,7 +36,11 @@ class Router:
 
 
 def router_config(
-    nodes: Sequence[TritonNode], tokenizer_dir: Path, ports: NodePorts, **sections: Any
+    nodes: Sequence[TritonNode],
+    tokenizer_dir: Path,
+    ports: NodePorts,
+    node_extra: dict[str, dict[str, Any]] | None = None,
+    **sections: Any,
 ) -> dict[str, Any]:
     """Tenants: ``demo`` (reserved, interactive), ``tight`` (a tiny reservation, no
     best-effort), ``batch`` (best-effort only)."""
@@ -76,6 +80,7 @@ def router_config(
                 "metrics_url": node.metrics_url,
                 "pair": "llama-3.1-8b_h100-sxm_tp1",
                 "models": [MODEL],
+                **(node_extra or {}).get(node.name, {}),
             }
             for node in nodes
         ],
@@ -86,12 +91,18 @@ def router_config(
 
 @contextmanager
 def routing(
-    nodes: Sequence[TritonNode], tokenizer_dir: Path, home: Path, name: str, **sections: Any
+    nodes: Sequence[TritonNode],
+    tokenizer_dir: Path,
+    home: Path,
+    name: str,
+    node_extra: dict[str, dict[str, Any]] | None = None,
+    **sections: Any,
 ) -> Iterator[Router]:
     """``mufleet route`` on ephemeral ports; stopped (SIGTERM, then SIGKILL) on exit."""
     ports = NodePorts.ephemeral()
     path = home / f"router-{name}.yaml"
-    path.write_text(yaml.safe_dump(router_config(nodes, tokenizer_dir, ports, **sections)))
+    config = router_config(nodes, tokenizer_dir, ports, node_extra, **sections)
+    path.write_text(yaml.safe_dump(config))
     log = open(home / "logs" / f"router-{name}.log", "ab")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
         [sys.executable, "-m", "mufleet.cli", "route", "--config", str(path)],

@@ -90,6 +90,8 @@ def test_up_supervises_two_nodes_behind_the_router(
             str(router_ports.http),
             "--router-grpc-port",
             str(router_ports.grpc),
+            "--supervisor-port",
+            "0",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

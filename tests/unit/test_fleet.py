@@ -1,13 +1,19 @@
-"""Unit tests for LocalFleet supervision (fake nodes, injected clock) and NodePorts."""
+"""Unit tests for LocalFleet supervision and restarts (fake nodes, injected clock; one real
+child process for the SIGKILL path) and NodePorts."""
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from mufleet.fleet import LocalFleet, RestartPolicy
+from mufleet.fleet import LocalFleet, NodeStatus, RestartPolicy, UnknownNodeError
 from mufleet.node import NodePorts, TritonNode
 from mufleet.triton_dist import TritonDistribution
 
@@ -24,6 +30,10 @@ class FakeNode:
     stops: int = 0
     exit_code: int = 137
     events: list[str] = field(default_factory=list)
+    process: None = None
+    release: threading.Event | None = None
+    """When set, ``stop`` waits for it (a kill that takes a while)."""
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     def alive(self) -> bool:
         return self.running
@@ -34,6 +44,9 @@ class FakeNode:
         self.events.append("start")
 
     def stop(self) -> int | None:
+        self.stopping.set()
+        if self.release is not None:
+            assert self.release.wait(timeout=10)
         self.running = False
         self.stops += 1
         self.events.append("stop")
@@ -238,3 +251,151 @@ def test_node_command_uses_its_ports(tmp_path: Path) -> None:
     assert f"--model-repository={tmp_path / 'repo'}" in command
     assert node.http_url == "127.0.0.1:9001"
     assert node.metrics_url == "http://127.0.0.1:9003/metrics"
+
+
+# --- restarts on request (the control API's path) ------------------------------------------
+
+
+def test_restart_kills_and_starts_the_node_now(harness: Harness) -> None:
+    node, other = harness.nodes
+
+    harness.fleet.restart("node0", "canary failed")
+
+    assert node.events == ["start", "stop", "start"] and node.alive()
+    assert other.events == ["start"]
+    assert harness.fleet.restarts() == {"node0": 1, "node1": 0}
+    assert harness.fleet.supervise_once() == []
+
+
+def test_restart_of_a_dead_node_skips_its_backoff(harness: Harness) -> None:
+    node = harness.nodes[0]
+    node.crash()
+    assert harness.fleet.supervise_once() == []  # dead: back-off starts
+
+    harness.fleet.restart("node0")
+
+    assert node.alive() and node.starts == 2
+    harness.clock.advance(POLICY.initial_s)
+    assert harness.fleet.supervise_once() == [], "the back-off restart is not made as well"
+    assert node.starts == 2
+    assert harness.fleet.restarts()["node0"] == 1
+
+
+def test_sequential_restarts_each_restart(harness: Harness) -> None:
+    harness.fleet.restart("node1")
+    harness.fleet.restart("node1")
+
+    assert harness.nodes[1].starts == 3
+    assert harness.fleet.restarts()["node1"] == 2
+
+
+def test_restart_of_an_unknown_node_raises(harness: Harness) -> None:
+    with pytest.raises(UnknownNodeError, match="node7") as info:
+        harness.fleet.restart("node7")
+
+    assert isinstance(info.value, KeyError)
+    assert all(n.starts == 1 for n in harness.nodes)
+
+
+class CountingLock:
+    """The fleet's lock, telling the test when a second caller has come to wait on it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self.entries = 0
+        self.second_caller = threading.Event()
+
+    def __enter__(self) -> CountingLock:
+        self.entries += 1
+        if self.entries >= 2:
+            self.second_caller.set()
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._lock.release()
+
+
+def test_a_restart_requested_during_one_does_not_restart_again(harness: Harness) -> None:
+    node = harness.nodes[0]
+    lock = CountingLock()
+    harness.fleet._lock = lock  # type: ignore[assignment]
+    node.release = threading.Event()
+    first = threading.Thread(target=harness.fleet.restart, args=("node0", "first"))
+    second = threading.Thread(target=harness.fleet.restart, args=("node0", "second"))
+
+    first.start()
+    assert node.stopping.wait(timeout=10), "the first restart is killing the node"
+    second.start()
+    assert lock.second_caller.wait(timeout=10), "the second restart waits for the first"
+    node.release.set()
+    first.join(timeout=10)
+    second.join(timeout=10)
+
+    assert not first.is_alive() and not second.is_alive()
+    assert node.events == ["start", "stop", "start"]
+    assert harness.fleet.restarts()["node0"] == 1
+
+
+def test_status_reports_every_node(harness: Harness) -> None:
+    harness.nodes[1].crash()
+    harness.fleet.restart("node0")
+
+    assert harness.fleet.status() == [
+        NodeStatus(name="node0", pid=None, alive=True, restarts=1),
+        NodeStatus(name="node1", pid=None, alive=False, restarts=0),
+    ]
+
+
+def test_fleet_of_explicit_nodes_keeps_their_names_and_ports(tmp_path: Path) -> None:
+    members = [
+        TritonNode(
+            name=name, repository=tmp_path, triton=_distribution(tmp_path), ports=NodePorts(*p)
+        )
+        for name, p in (("alpha", (9101, 9102, 9103)), ("beta", (9201, 9202, 9203)))
+    ]
+
+    fleet = LocalFleet(members=members)
+
+    assert fleet.members == members
+    assert fleet.names() == ["alpha", "beta"]
+    assert [s.restarts for s in fleet.status()] == [0, 0]
+
+
+def test_fleet_refuses_duplicate_names_or_no_nodes(tmp_path: Path) -> None:
+    node = TritonNode(name="a", repository=tmp_path, triton=_distribution(tmp_path))
+    with pytest.raises(ValueError, match="distinct"):
+        LocalFleet(members=[node, node])
+    with pytest.raises(ValueError, match="members"):
+        LocalFleet()
+
+
+@pytest.fixture
+def sleeper(tmp_path: Path) -> Iterator[LocalFleet]:
+    """A fleet of one real child process: a stand-in ``tritonserver`` that just sleeps."""
+    root = tmp_path / "dist"
+    binary = root / "bin" / "tritonserver"
+    binary.parent.mkdir(parents=True)
+    binary.write_text("#!/bin/sh\nexec sleep 300\n")
+    binary.chmod(0o755)
+    node = TritonNode(name="real", repository=tmp_path, triton=_distribution(root))
+    fleet = LocalFleet(members=[node])
+    fleet.start()
+    try:
+        yield fleet
+    finally:
+        fleet.stop()
+
+
+def test_restart_kills_a_stopped_process(sleeper: LocalFleet) -> None:
+    (node,) = sleeper.members
+    assert node.process is not None
+    old = node.process
+    os.kill(old.pid, signal.SIGSTOP)  # SIGTERM would never be handled now
+
+    sleeper.restart("real", "frozen")
+
+    assert old.returncode == -signal.SIGKILL
+    assert node.process is not None and node.process is not old and node.alive()
+    (status,) = sleeper.status()
+    assert status == NodeStatus(name="real", pid=node.process.pid, alive=True, restarts=1)

@@ -27,7 +27,7 @@ class GpuAgentProbe:
         return self.config.interval_s
 
     async def probe(self, node: NodeConfig, now: float) -> Signal | None:
-        url = getattr(node, "gpu_url", None)
+        url = node.gpu_url
         if not url:
             return None
         try:
