@@ -162,6 +162,7 @@ def cmd_triton(args: argparse.Namespace) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from mufleet.fleet import LocalFleet
+    from mufleet.supervisor_api import SupervisorServer, token_path, write_token
     from mufleet.triton_dist import locate
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -176,8 +177,16 @@ def cmd_up(args: argparse.Namespace) -> int:
         host=args.host,
         log_dir=log_dir,
     )
+    try:
+        control = SupervisorServer(fleet, write_token(), port=args.supervisor_port)
+    except OSError as exc:
+        raise SystemExit(
+            f"the supervisor control API cannot listen on 127.0.0.1:{args.supervisor_port}: {exc}"
+        ) from None
     print(f"starting {args.nodes} node(s); logs in {log_dir}")
     fleet.start()
+    control.start()
+    print(f"supervisor control API {control.url} (token in {token_path()})")
     router = None
     try:
         fleet.wait_ready(args.ready_timeout)
@@ -187,19 +196,20 @@ def cmd_up(args: argparse.Namespace) -> int:
                 f"metrics {node.metrics_url}"
             )
         if not args.no_router:
-            router = _start_router(args, fleet, params)
+            router = _start_router(args, fleet, params, control.url)
         print("fleet ready; Ctrl-C stops it")
         sys.stdout.flush()
         while not stop.wait(1.0):
             fleet.supervise_once()
             if router is not None and router.poll() is not None:  # type: ignore[attr-defined]
                 print("the router exited; restarting it")
-                router = _start_router(args, fleet, params)
+                router = _start_router(args, fleet, params, control.url)
     finally:
         print("stopping fleet")
         if router is not None:
             router.terminate()  # type: ignore[attr-defined]
             router.wait(timeout=15)  # type: ignore[attr-defined]
+        control.stop()
         fleet.stop()
     return 0
 
@@ -217,11 +227,18 @@ def cmd_route(args: argparse.Namespace) -> int:
     return run(config)
 
 
-def _start_router(args: argparse.Namespace, fleet: object, params: RenderParams) -> object:
-    """Write the router's configuration for ``fleet`` and start ``mufleet route`` on it."""
+def _start_router(
+    args: argparse.Namespace, fleet: object, params: RenderParams, supervisor_url: str
+) -> object:
+    """Write the router's configuration for ``fleet`` and start ``mufleet route`` on it.
+
+    The router restarts a cordoned node by reloading its engine model, and if that fails
+    through the supervisor's control API at ``supervisor_url``.
+    """
     import subprocess
 
     from mufleet.router_setup import demo_key, write_router_config
+    from mufleet.supervisor_api import token_path
 
     path = args.router_config or paths.home() / "router.yaml"
     sim = params.profile == "sim" and params.hardware_profile is not None
@@ -231,6 +248,10 @@ def _start_router(args: argparse.Namespace, fleet: object, params: RenderParams)
     if not sim or not pair.exists():
         pair = paths.profiles() / "tiny-llama_cpu-2core.json"
     model = params.model_dir or params.tokenizer_dir
+    restarters: list[dict[str, object]] = [
+        {"kind": "model_reload"},
+        {"kind": "supervisor", "url": supervisor_url, "token_file": str(token_path())},
+    ]
     config = write_router_config(
         path,
         fleet.members,  # type: ignore[attr-defined]
@@ -240,6 +261,7 @@ def _start_router(args: argparse.Namespace, fleet: object, params: RenderParams)
         http_port=args.router_http_port,
         grpc_port=args.router_grpc_port,
         host=args.host,
+        restarters=restarters,
     )
     log_path = (args.log_dir or paths.home() / "logs") / "router.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -269,6 +291,7 @@ def cmd_fault(args: argparse.Namespace) -> int:
         garbage=args.garbage,
         crash=args.crash,
         iteration_errors=args.iteration_errors,
+        until_restart=args.until_restart,
     )
     path = args.file or paths.home() / "faults" / f"{args.node}.json"
     write_faults(path, switches)
@@ -346,6 +369,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--router-http-port", type=int, default=9000)
     up.add_argument("--router-grpc-port", type=int, default=9001)
     up.add_argument("--no-router", action="store_true", help="start the nodes only")
+    up.add_argument(
+        "--supervisor-port",
+        type=int,
+        default=9010,
+        help="loopback port of the control API through which the router restarts a node's "
+        "process (0: any free port)",
+    )
     up.set_defaults(func=cmd_up)
 
     route = sub.add_parser(
@@ -375,6 +405,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="the next N engine iterations raise; 3 or more in a row kill the engine",
     )
+    fault.add_argument(
+        "--until-restart",
+        action="store_true",
+        help="only the engine running now is affected: a model reload or restart clears it",
+    )
     fault.set_defaults(func=cmd_fault)
 
     cal = sub.add_parser(
@@ -396,6 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--model-name", help="model name (sim servers report their own)")
     cal.add_argument("--quick", action="store_true", help="a smaller sweep")
     cal.set_defaults(func=cmd_calibrate)
+    from mufleet.gpu.cli import add_commands as add_gpu_commands
+
+    add_gpu_commands(sub)
     return parser
 
 

@@ -1,8 +1,15 @@
 """The request queue and engine thread that every Python engine runs on.
 
-A model's ``execute`` submits requests and then blocks in :meth:`EngineLoop.wait_admitted`
-until the engine has taken them, so later requests wait in Triton's priority queue rather
-than in ours. One thread runs the engine's iterations while there is work.
+A model's ``execute`` submits its requests and returns at once, as the TensorRT-LLM backend
+hands requests to its executor: requests wait in the engine's own queue, ordered by Triton
+priority level (first come, first served within a level). One thread runs the engine's
+iterations while there is work.
+
+Admission is one rule for every engine (:meth:`EngineLoop._admit_waiting`): the head of the
+queue runs when a slot is free, and level :data:`TOP_PRIORITY_LEVEL` (the router's health
+canaries) may run up to :data:`TOP_PRIORITY_SLOTS` sequences beyond ``max_num_sequences``,
+so a node whose batch is full of ordinary work still answers its canary at once. A request
+cancelled while it waits is dropped when it reaches the head, before it takes a slot.
 
 No engine may wedge silently. An exception inside an iteration fails the requests that
 iteration was running and the loop goes on; an exception from a request owner's callback
@@ -20,9 +27,8 @@ import contextlib
 import itertools
 import logging
 import threading
-import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 from python_backends.engine_types import EngineStats, TokenEvent
@@ -33,8 +39,29 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PRIORITY_LEVEL = 2
 """Where a request without a level sorts among levels 1 (highest) and up."""
+TOP_PRIORITY_LEVEL = 1
+"""The top Triton level, the router's health canaries."""
+TOP_PRIORITY_SLOTS = 2
+"""Sequences of :data:`TOP_PRIORITY_LEVEL` that may run beyond ``max_num_sequences``."""
+TOP_PRIORITY_RESERVE_TOKENS = 2 * 256
+"""KV room kept for top-level requests only (a couple of short ones), in tokens: an engine
+whose KV pool is full of ordinary reservations still admits a canary."""
 MAX_CONSECUTIVE_FAILURES = 3
 """Iterations in a row that may raise before the engine is declared dead."""
+
+
+def context_tail(prompt: Sequence[int], generated: Sequence[int], n: int) -> tuple[int, ...]:
+    """The last ``n`` tokens of a sequence's context: its prompt, then what it generated.
+
+    Engines match stop and bad words and choose tokens over the context, never over the
+    output alone, so that a request re-sent with its output appended to its prompt (a
+    stream the router moves to another node) continues as the unbroken run would.
+    """
+    if n <= 0:
+        return ()
+    if n <= len(generated):
+        return tuple(generated[len(generated) - n :])
+    return (*prompt[max(len(prompt) - (n - len(generated)), 0) :], *generated)
 
 
 class EngineDeadError(RuntimeError):
@@ -42,11 +69,12 @@ class EngineDeadError(RuntimeError):
 
 
 class EngineLoop(Generic[S]):
-    """Queue, admission wait, start/stop and failure containment.
+    """Queue, admission, start/stop and failure containment.
 
-    Subclasses schedule in :meth:`step` and end requests in :meth:`_fail`; sequences carry
-    a ``priority`` (via :meth:`_priority_of`) so that the waiting queue is served in level
-    order, first come first served within a level.
+    Subclasses schedule in :meth:`step`, end requests in :meth:`_fail` and say their
+    batch size in :meth:`_max_sequences`; sequences carry a ``priority`` (via
+    :meth:`_priority_of`) so that the waiting queue is served in level order, first come
+    first served within a level.
     """
 
     thread_name = "engine"
@@ -63,8 +91,6 @@ class EngineLoop(Generic[S]):
         self._stop = False
         self._consecutive_failures = 0
         self._hook_failed = False
-        self.last_progress = time.monotonic()
-        """When the engine last completed an iteration (a wedged engine stops moving it)."""
 
     # -- what subclasses provide --------------------------------------------------------
     def step(self) -> object:
@@ -75,15 +101,17 @@ class EngineLoop(Generic[S]):
         """End ``seq`` with an error event (must not raise)."""
         raise NotImplementedError
 
+    def _max_sequences(self) -> int:
+        """``max_num_sequences``: how many ordinary sequences may run at once."""
+        raise NotImplementedError
+
     def _priority_of(self, seq: S) -> int:
         level = getattr(getattr(seq, "spec", None), "priority", None)
         return DEFAULT_PRIORITY_LEVEL if level is None else int(level)
 
-    def _iterate(self) -> bool:
-        """What the thread does when there is work; False when it made no progress (a
-        hung engine). Engines with fault switches add to it."""
+    def _iterate(self) -> None:
+        """What the thread does when there is work. Engines with fault switches add to it."""
         self.step()
-        return True
 
     # -- queue ----------------------------------------------------------------------------
     def _enqueue(self, seq: S) -> None:
@@ -102,35 +130,58 @@ class EngineLoop(Generic[S]):
         if reason is not None:
             self._fail(seq, f"engine is dead: {reason}")
 
-    def wait_admitted(
-        self, timeout: float | None = None, stall_timeout: float | None = None
-    ) -> bool:
-        """Block until nothing waits for a slot; False if ``timeout`` passes first, or if
-        the engine completes no iteration for ``stall_timeout`` seconds.
+    def _is_top(self, seq: S) -> bool:
+        return self._priority_of(seq) <= TOP_PRIORITY_LEVEL
 
-        While this blocks, newer requests stay in Triton's priority queue, so a
-        high-priority request overtakes queued lower-priority ones. A busy engine that
-        keeps iterating holds the caller as long as its queue lasts; a wedged one releases
-        it after ``stall_timeout``. A dead engine returns at once: its requests have
-        already failed.
+    def _has_slot(self, top: bool) -> bool:
+        """Whether one more sequence may run: ordinary ones up to ``max_num_sequences``,
+        top-level ones up to :data:`TOP_PRIORITY_SLOTS` beyond it (call holding the lock)."""
+        limit = self._max_sequences() + (TOP_PRIORITY_SLOTS if top else 0)
+        return len(self._running) < limit
+
+    def _admit_waiting(self, place: Callable[[S, bool], bool] | None = None) -> list[S]:
+        """Move waiting sequences to the running list, head first, while slots allow.
+
+        ``place(seq, top)`` takes what else ``seq`` needs (KV blocks) and says whether it
+        got it; ``top`` tells it the sequence is of :data:`TOP_PRIORITY_LEVEL`. It runs
+        holding the lock, so it must be quick. A refusal ends admission for this iteration:
+        the queue is served in order (``guaranteed_no_evict``). The head is asked whether
+        it was cancelled before it takes a slot (once per attempt, and never the rest of
+        the queue: asking costs the real model a round trip to the server); a cancelled
+        one is dropped with a "cancelled" error. Returns the admitted sequences in order.
         """
-        started = time.monotonic()
-        deadline = None if timeout is None else started + timeout
-        with self._cond:
-            while self._waiting and not self._stop and self.dead_reason is None:
-                now = time.monotonic()
-                remaining = None if deadline is None else deadline - now
-                if remaining is not None and remaining <= 0:
-                    return False
-                if stall_timeout is not None:
-                    # Stalled: no iteration completed in the last stall_timeout seconds of
-                    # this wait (an engine that was idle before it is not stalled).
-                    if now - max(self.last_progress, started) > stall_timeout:
-                        return False
-                    poll = stall_timeout / 4
-                    remaining = poll if remaining is None else min(remaining, poll)
-                self._cond.wait(remaining)
-        return True
+        admitted: list[S] = []
+        while True:
+            with self._cond:
+                if not self._waiting:
+                    break
+                seq = self._waiting[0]
+                if not self._has_slot(self._is_top(seq)):
+                    break
+            # Asked without the lock: submissions must not wait on the owner's answer.
+            if self._cancelled(seq):
+                with self._cond:
+                    dropped = self._remove_waiting(seq)
+                if dropped:
+                    self._fail(seq, "cancelled")
+                continue
+            with self._cond:
+                if not self._waiting or self._waiting[0] is not seq:
+                    continue  # a top-level request went ahead of it, or the engine died
+                if place is not None and not place(seq, self._is_top(seq)):
+                    break
+                self._waiting.popleft()
+                self._running.append(seq)  # running from here on: a failure fails it
+            admitted.append(seq)
+        return admitted
+
+    def _remove_waiting(self, seq: S) -> bool:
+        """Take ``seq`` (by identity) out of the waiting queue; False if it is not there."""
+        for index, queued in enumerate(self._waiting):
+            if queued is seq:
+                del self._waiting[index]
+                return True
+        return False
 
     # -- failure containment ----------------------------------------------------------------
     @staticmethod
@@ -239,12 +290,10 @@ class EngineLoop(Generic[S]):
                 if self._stop or self.dead_reason is not None:
                     return
             try:
-                progressed = self._iterate()
+                self._iterate()
             except Exception as exc:
                 self._contain(exc)
                 if self.dead_reason is not None:
                     return
             else:
                 self._consecutive_failures = 0
-                if progressed:
-                    self.last_progress = time.monotonic()

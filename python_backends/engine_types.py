@@ -81,13 +81,9 @@ class Engine(Protocol):
     def submit(
         self, spec: GenerationSpec, emit: Emit, is_cancelled: Callable[[], bool] = ...
     ) -> int:
-        """Queue a request; ``emit`` is called (from the engine thread) with its events."""
-
-    def wait_admitted(
-        self, timeout: float | None = None, stall_timeout: float | None = None
-    ) -> bool:
-        """Block until no submitted request waits for a slot; False on timeout, or when the
-        engine has not iterated for ``stall_timeout`` seconds."""
+        """Queue a request and return at once; ``emit`` is called (from the engine thread)
+        with its events. The engine's queue is ordered by ``spec.priority``; a request
+        whose ``is_cancelled`` turns true while it waits is dropped before it runs."""
 
     def start(self) -> None:
         """Start the engine thread."""

@@ -1,7 +1,8 @@
 """Continuous batching of a Hugging Face causal LM on CPU.
 
 One engine thread owns the model. Each iteration it admits waiting requests (up to
-``max_num_sequences`` in flight), prefills each newcomer (reusing a cached prefix when
+``max_num_sequences`` in flight, and a couple more of the top priority level: see
+:mod:`python_backends.engine_loop`), prefills each newcomer (reusing a cached prefix when
 one matches), then runs one decode step for every running sequence in a single batched
 forward pass: per-sequence KV states are left-padded to a common length and masked.
 Finished sequences leave their KV in the :class:`PrefixCache` for later turns.
@@ -19,7 +20,7 @@ import torch
 
 from python_backends.cpu_engine.prefix_cache import KVState, PrefixCache, kv_length
 from python_backends.cpu_engine.sampling import TokenSampler
-from python_backends.engine_loop import EngineLoop
+from python_backends.engine_loop import EngineLoop, context_tail
 from python_backends.engine_types import EngineStats, RequestPerf, TokenEvent
 from python_backends.generation import GenerationSpec
 
@@ -106,15 +107,12 @@ class CpuEngine(EngineLoop[_Sequence]):
         self._enqueue(seq)
         return seq.request_id
 
+    def _max_sequences(self) -> int:
+        return self.config.max_num_sequences
+
     def step(self) -> None:
         """One iteration: admit and prefill newcomers, then one batched decode step."""
-        admitted: list[_Sequence] = []
-        with self._cond:
-            while self._waiting and len(self._running) < self.config.max_num_sequences:
-                seq = self._waiting.popleft()
-                admitted.append(seq)
-                self._running.append(seq)  # running from here on: a failure fails it
-            self._cond.notify_all()
+        admitted = self._admit_waiting()
         self.stats.context = len(admitted)
         now = time.monotonic_ns()
         for seq in admitted:
@@ -258,7 +256,7 @@ class CpuEngine(EngineLoop[_Sequence]):
         seq.log_probs.append(log_prob)
         if spec.return_generation_logits:
             seq.logits.append(logits.float().numpy().copy())
-        if any(tuple(seq.generated[-len(w) :]) == w for w in spec.stop_words):
+        if any(context_tail(spec.input_ids, seq.generated, len(w)) == w for w in spec.stop_words):
             reason: str | None = "stop_words"
         elif len(seq.generated) >= spec.max_new_tokens:
             reason = "length"

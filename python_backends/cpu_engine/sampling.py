@@ -1,10 +1,20 @@
-"""Next-token choice with TensorRT-LLM's sampling knobs, seeded per request.
+"""Next-token choice with TensorRT-LLM's sampling knobs, seeded per request and step.
 
 Order of the logits processing, as TensorRT-LLM applies it: embedding bias, repetition
 penalty (over prompt and output), presence and frequency penalties (over output tokens),
-bad words and ``min_tokens`` bans, then temperature, top-k and top-p. ``top_p`` decays by
-``runtime_top_p_decay`` per generated token down to ``runtime_top_p_min`` and returns to
-its start value after ``runtime_top_p_reset_ids``.
+bad words (matched over prompt and output) and ``min_tokens`` bans, then temperature,
+top-k and top-p. ``top_p`` decays by ``runtime_top_p_decay`` per generated token down to
+``runtime_top_p_min`` and returns to its start value after ``runtime_top_p_reset_ids``.
+
+A draw is a function of the context (prompt and tokens generated so far), the seed and
+the sampling parameters: its random generator is seeded from the seed and the context's
+length (:func:`step_seed`), never advanced along one request. A request re-sent with its
+output appended to the prompt, ``request_output_len`` and ``min_tokens`` reduced by as
+many tokens (a stream moved to another node), so draws what the unbroken run would have.
+Two knobs keep state a continuation cannot see, so it is exact only without them:
+``runtime_top_p_decay`` (how far top-p has decayed depends on how many tokens this request
+generated) and the presence and frequency penalties (they count output tokens only, and a
+continuation's prompt holds part of the output).
 """
 
 from __future__ import annotations
@@ -13,7 +23,22 @@ from collections.abc import Sequence
 
 import torch
 
+from python_backends.engine_loop import context_tail
 from python_backends.generation import GenerationSpec
+
+_MASK = (1 << 64) - 1
+
+
+def step_seed(seed: int, context_length: int) -> int:
+    """The seed of the draw that follows a context of ``context_length`` tokens.
+
+    SplitMix64 of the request's seed stepped ``context_length`` times: neighbouring
+    lengths and seeds give unrelated generators.
+    """
+    x = (seed + (context_length + 1) * 0x9E3779B97F4A7C15) & _MASK
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
+    return x ^ (x >> 31)
 
 
 class TokenSampler:
@@ -21,7 +46,8 @@ class TokenSampler:
 
     def __init__(self, spec: GenerationSpec) -> None:
         self.spec = spec
-        self.generator = torch.Generator().manual_seed(spec.sampling.seed)
+        self.generator = torch.Generator()
+        self._longest_bad_word = max((len(w) for w in spec.bad_words), default=0)
         self.top_p = spec.sampling.top_p
         self._bias: tuple[torch.Tensor, torch.Tensor] | None = None
         if spec.embedding_bias:
@@ -30,9 +56,10 @@ class TokenSampler:
 
     def _banned(self, generated: Sequence[int]) -> list[int]:
         banned: list[int] = []
+        context = context_tail(self.spec.input_ids, generated, self._longest_bad_word - 1)
         for word in self.spec.bad_words:
             *prefix, last = word
-            if not prefix or list(generated[-len(prefix) :]) == prefix:
+            if not prefix or context[-len(prefix) :] == tuple(prefix):
                 banned.append(last)
         if (
             self.spec.end_id is not None
@@ -97,6 +124,9 @@ class TokenSampler:
             mask[order[keep]] = True
             probs = torch.where(mask, probs, torch.zeros_like(probs))
             probs = probs / probs.sum()
+        self.generator.manual_seed(
+            step_seed(self.spec.sampling.seed, len(self.spec.input_ids) + len(generated))
+        )
         token = int(torch.multinomial(probs, 1, generator=self.generator))
         self._decay_top_p(token)
         return token, float(log_probs[token])

@@ -4,6 +4,10 @@ Blocks are identified by a chained hash of their tokens (a block's identity depe
 everything before it), so two prompts share blocks exactly as far as their full-block
 prefixes agree. A finished sequence's full blocks stay cached with no owner; they are
 evicted least-recently-used when a new sequence needs room.
+
+A few blocks may be kept in reserve for top-priority requests (the router's health
+canaries): an ordinary request is admitted only if it leaves them free, so a pool filled
+by long ``guaranteed_no_evict`` reservations still admits a canary.
 """
 
 from __future__ import annotations
@@ -37,12 +41,20 @@ class Allocation:
         return len(self.cached_blocks) + self.private_blocks
 
 
+MAX_RESERVED_FRACTION = 8
+"""The top-priority reserve never exceeds ``total_blocks // MAX_RESERVED_FRACTION``."""
+
+
 class BlockPool:
     """Capacity accounting for KV blocks, with LRU reuse of finished prefixes."""
 
-    def __init__(self, total_blocks: int, block_tokens: int) -> None:
+    def __init__(self, total_blocks: int, block_tokens: int, reserved_tokens: int = 0) -> None:
         self.total_blocks = total_blocks
         self.block_tokens = block_tokens
+        self.reserved_blocks = min(
+            self.blocks_for(reserved_tokens), total_blocks // MAX_RESERVED_FRACTION
+        )
+        """Blocks only a ``use_reserve`` allocation may take."""
         self._refs: dict[int, int] = {}
         self._idle: OrderedDict[int, None] = OrderedDict()
         self._private = 0
@@ -74,18 +86,22 @@ class BlockPool:
             n += 1
         return n
 
-    def try_allocate(self, prompt: Sequence[int], reserve_tokens: int) -> Allocation | None:
+    def try_allocate(
+        self, prompt: Sequence[int], reserve_tokens: int, use_reserve: bool = False
+    ) -> Allocation | None:
         """Reserve room for ``reserve_tokens`` (prompt + max new tokens), reusing prefixes.
 
         Returns ``None`` (nothing changed) when the pool cannot hold it: under
         ``guaranteed_no_evict`` a request waits rather than risk eviction mid-generation.
+        Unless ``use_reserve``, the allocation must leave :attr:`reserved_blocks` free.
         """
         hashes = block_hashes(prompt, self.block_tokens)
         matched = hashes[: self.match(hashes)]
         needed = self.blocks_for(reserve_tokens) - len(matched)
         reusable_idle = sum(1 for h in matched if h in self._idle)
         # Every idle block not being reused can be evicted to make room.
-        if self.total_blocks - self.used - reusable_idle < needed:
+        held_back = 0 if use_reserve else self.reserved_blocks
+        if self.total_blocks - self.used - reusable_idle - held_back < needed:
             return None
         for h in matched:
             if h in self._idle:

@@ -5,19 +5,24 @@ work scheduled in it (prefill chunks within ``max_num_tokens``, one decode token
 generating sequence, attention over their contexts), multiplied by the ``slowdown``
 fault and by ``time_scale``; the engine sleeps that long and then delivers the tokens.
 Admission follows ``guaranteed_no_evict``: a request starts only when the block pool can
-hold its prompt plus ``max_new_tokens``, reusing cached prefix blocks. Output tokens are
-deterministic pseudo-text drawn from the served tokenizer's ordinary ids.
+hold its prompt plus ``max_new_tokens``, reusing cached prefix blocks; a small part of the
+pool is kept for top-priority requests (the router's canaries), which also get slots
+beyond ``max_num_sequences`` (:mod:`python_backends.engine_loop`). Output tokens are
+deterministic pseudo-text drawn from the served tokenizer's ordinary ids, a function of the
+context and the seed (:func:`pseudo_token`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
+import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from python_backends.engine_loop import EngineLoop
+from python_backends.engine_loop import TOP_PRIORITY_RESERVE_TOKENS, EngineLoop, context_tail
 from python_backends.engine_types import EngineStats, RequestPerf, TokenEvent
 from python_backends.generation import GenerationSpec
 from python_backends.sim_engine.block_pool import Allocation, BlockPool
@@ -30,6 +35,8 @@ MAX_LAG_S = 0.05
 """How far behind its timeline the engine may fall before it stops catching up."""
 FIRST_ORDINARY_ID = 8
 """Ids below this are left to special tokens; pseudo-text never uses them."""
+CONTEXT_KEY_TOKENS = 16
+"""How many of the context's last tokens choose the next pseudo-text token."""
 
 
 @dataclass
@@ -51,7 +58,6 @@ class _SimSequence:
     cached_tokens: int = 0
     prefill_left: int = 0
     generated: list[int] = field(default_factory=list)
-    failed: bool = False
     scheduled_ns: int = 0
     first_token_ns: int = 0
     last_token_ns: int = 0
@@ -64,10 +70,22 @@ class _SimSequence:
     def context(self) -> int:
         return len(self.spec.input_ids) + len(self.generated)
 
+    def tail(self, n: int) -> tuple[int, ...]:
+        return context_tail(self.spec.input_ids, self.generated, n)
 
-def pseudo_token(spec: GenerationSpec, position: int, vocab_size: int) -> int:
-    """Deterministic output token for ``position``: a function of prompt and seed."""
-    key = hash((spec.input_ids[-16:], len(spec.input_ids), spec.sampling.seed, position))
+
+def pseudo_token(context: Sequence[int], length: int, seed: int, vocab_size: int) -> int:
+    """The next pseudo-text token after a context (prompt and tokens generated so far).
+
+    ``context`` ends the context (only its last :data:`CONTEXT_KEY_TOKENS` tokens are
+    read) and ``length`` is the whole context's length. The token is a function of those
+    and the seed, never of where the original prompt ended: a request re-sent with the
+    tokens already generated appended to its prompt continues as the unbroken run would.
+    Hashed with BLAKE2b so that every process and Python version agrees.
+    """
+    tail = [t & 0xFFFFFFFFFFFFFFFF for t in context[-CONTEXT_KEY_TOKENS:]]
+    packed = struct.pack(f"<QQ{len(tail)}Q", seed, length, *tail)
+    key = int.from_bytes(hashlib.blake2b(packed, digest_size=8).digest(), "little")
     return FIRST_ORDINARY_ID + key % max(vocab_size - FIRST_ORDINARY_ID, 1)
 
 
@@ -84,7 +102,11 @@ class SimEngine(EngineLoop[_SimSequence]):
         self.vocab_size = config.vocab_size
         self.max_context = min(config.max_context or profile.max_context, profile.max_context)
         self.max_num_sequences = min(config.max_num_sequences, profile.max_num_sequences)
-        self.pool = BlockPool(profile.kv_cache.total_blocks, profile.kv_cache.block_tokens)
+        self.pool = BlockPool(
+            profile.kv_cache.total_blocks,
+            profile.kv_cache.block_tokens,
+            reserved_tokens=TOP_PRIORITY_RESERVE_TOKENS,
+        )
         self.faults = faults or FaultFile(None)
         self.rng = random.Random(0)
         self.stats = EngineStats(
@@ -95,9 +117,9 @@ class SimEngine(EngineLoop[_SimSequence]):
         self.sleep: Callable[[float], None] = time.sleep
         self._timeline = float("-inf")
         self.busy_s = 0.0
+        """Emulated seconds of engine work so far (excludes time_scale and slowdown)."""
         self._faults_seen: FaultSwitches | None = None
         self._errors_raised = 0
-        """Emulated seconds of engine work so far (excludes time_scale and slowdown)."""
 
     def submit(
         self, spec: GenerationSpec, emit: Emit, is_cancelled: Callable[[], bool] = lambda: False
@@ -106,13 +128,16 @@ class SimEngine(EngineLoop[_SimSequence]):
         self._enqueue(seq)
         return seq.request_id
 
-    def _iterate(self) -> bool:
+    def _max_sequences(self) -> int:
+        return self.max_num_sequences
+
+    def _iterate(self) -> None:
         faults = self.faults.current()
         if faults.crash:
             os._exit(CRASH_EXIT_CODE)
         if faults.hang:
             time.sleep(self.faults.poll_s)
-            return False
+            return
         if faults is not self._faults_seen:  # a new file version: count its errors anew
             self._faults_seen, self._errors_raised = faults, 0
         if self._errors_raised < faults.iteration_errors:
@@ -120,7 +145,6 @@ class SimEngine(EngineLoop[_SimSequence]):
             self._admit(faults)  # so that queued requests are the ones running, and fail
             raise RuntimeError("injected fault: engine iteration raised")
         self.step(faults)
-        return True
 
     def step(self, faults: FaultSwitches | None = None) -> float:
         """Run one iteration: schedule, take its time, deliver its tokens.
@@ -181,29 +205,33 @@ class SimEngine(EngineLoop[_SimSequence]):
 
     # -- scheduling ---------------------------------------------------------------------
     def _admit(self, faults: FaultSwitches) -> None:
-        with self._cond:
-            while self._waiting and len(self._running) < self.max_num_sequences:
-                seq = self._waiting[0]
-                reserve = len(seq.spec.input_ids) + seq.spec.max_new_tokens
-                allocation = self.pool.try_allocate(seq.spec.input_ids, reserve)
-                if allocation is None:
-                    break  # guaranteed_no_evict: wait for blocks, in order
-                self._waiting.popleft()
-                seq.allocation = allocation
-                seq.scheduled_ns = int(time.monotonic() * 1e9)
-                seq.kv_reused_blocks = len(allocation.cached_blocks)
-                seq.kv_total_blocks = allocation.total
-                cached = len(allocation.cached_blocks) * self.pool.block_tokens
-                seq.cached_tokens = min(cached, len(seq.spec.input_ids) - 1)
-                seq.prefill_left = len(seq.spec.input_ids) - seq.cached_tokens
-                self.stats.cached_prompt_tokens += seq.cached_tokens
-                self.stats.prefill_tokens += seq.prefill_left
-                if faults.error_rate > 0 and self.rng.random() < faults.error_rate:
-                    seq.failed = True
-                self._running.append(seq)
-            self._cond.notify_all()
-        for seq in [s for s in self._running if s.failed and s.allocation is not None]:
-            self._fail(seq, "injected fault: engine error")
+        for seq in self._admit_waiting(self._place):
+            seq.scheduled_ns = int(time.monotonic() * 1e9)
+            if faults.error_rate > 0 and self.rng.random() < faults.error_rate:
+                self._fail(seq, "injected fault: engine error")
+
+    def _place(self, seq: _SimSequence, top: bool) -> bool:
+        """Reserve the blocks of ``seq``'s prompt plus ``max_new_tokens`` (reusing cached
+        prefix blocks).
+
+        Top-level requests may take the pool's reserve; so may a request that finds
+        nothing running (one too long to fit beside the reserve would otherwise wait
+        forever).
+        """
+        reserve = len(seq.spec.input_ids) + seq.spec.max_new_tokens
+        use_reserve = top or not self._running
+        allocation = self.pool.try_allocate(seq.spec.input_ids, reserve, use_reserve)
+        if allocation is None:
+            return False  # guaranteed_no_evict: wait for blocks, in order
+        seq.allocation = allocation
+        seq.kv_reused_blocks = len(allocation.cached_blocks)
+        seq.kv_total_blocks = allocation.total
+        cached = len(allocation.cached_blocks) * self.pool.block_tokens
+        seq.cached_tokens = min(cached, len(seq.spec.input_ids) - 1)
+        seq.prefill_left = len(seq.spec.input_ids) - seq.cached_tokens
+        self.stats.cached_prompt_tokens += seq.cached_tokens
+        self.stats.prefill_tokens += seq.prefill_left
+        return True
 
     def _drop_cancelled(self) -> None:
         for seq in self._running:
@@ -215,15 +243,21 @@ class SimEngine(EngineLoop[_SimSequence]):
         return seq.allocation is None
 
     def _choose(self, seq: _SimSequence) -> int:
-        """The next pseudo-text token, stepping past bad words and an early ``end_id``."""
+        """The next pseudo-text token, stepping past bad words and an early ``end_id``.
+
+        Bad words match against the whole context (prompt and output), as TensorRT-LLM's
+        do, so the choice depends on the context only.
+        """
         spec = seq.spec
-        token = pseudo_token(spec, len(seq.generated), self.vocab_size)
+        longest = max((len(w) for w in spec.bad_words), default=1)
+        context = seq.tail(max(CONTEXT_KEY_TOKENS, longest))
+        token = pseudo_token(context, seq.context, spec.sampling.seed, self.vocab_size)
         span = max(self.vocab_size - FIRST_ORDINARY_ID, 1)
         for _ in range(span):
             banned = token == spec.end_id and len(seq.generated) < spec.min_tokens
             for word in spec.bad_words:
                 *prefix, last = word
-                if token == last and (not prefix or list(seq.generated[-len(prefix) :]) == prefix):
+                if token == last and (not prefix or context[-len(prefix) :] == tuple(prefix)):
                     banned = True
             if not banned:
                 break
@@ -256,7 +290,7 @@ class SimEngine(EngineLoop[_SimSequence]):
             reason = "end_id"
         else:
             seq.generated.append(token)
-            if any(tuple(seq.generated[-len(w) :]) == w for w in spec.stop_words):
+            if any(seq.tail(len(w)) == w for w in spec.stop_words):
                 reason = "stop_words"
             elif len(seq.generated) >= spec.max_new_tokens:
                 reason = "length"

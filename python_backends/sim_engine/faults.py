@@ -8,6 +8,10 @@ operator or a test flips a switch with one write; ``mufleet fault`` writes it at
 
 Its path comes from the ``MUFLEET_FAULT_FILE`` environment variable, which the launcher
 sets per node. A missing file means no faults.
+
+A file with ``until_restart`` set wedges only the engine that was running when it was
+written: an engine started later (a model reload, a process restart) ignores it, as a
+restart would clear a real wedge, while the file stays where it is.
 """
 
 from __future__ import annotations
@@ -38,6 +42,11 @@ class FaultSwitches(BaseModel):
         description="the next N engine iterations raise (an engine bug), counted from when "
         "the switch is written",
     )
+    until_restart: bool = Field(
+        False,
+        description="the switches apply only to an engine started before the file was "
+        "written: a model reload or a process restart clears them",
+    )
 
 
 def write_faults(path: Path, switches: FaultSwitches) -> None:
@@ -49,11 +58,16 @@ def write_faults(path: Path, switches: FaultSwitches) -> None:
 
 
 class FaultFile:
-    """Cached reader of one control file."""
+    """Cached reader of one control file, for the engine built with it."""
 
-    def __init__(self, path: Path | None, poll_s: float = 0.05) -> None:
+    def __init__(
+        self, path: Path | None, poll_s: float = 0.05, started_ns: int | None = None
+    ) -> None:
         self.path = path
         self.poll_s = poll_s
+        self.started_ns = time.time_ns() if started_ns is None else started_ns
+        """When the reading engine started (wall clock, as file times are): an
+        ``until_restart`` file written before it does not apply."""
         self._checked_at = float("-inf")
         self._stamp: tuple[int, int, int] | None = None
         self._current = FaultSwitches()
@@ -77,10 +91,13 @@ class FaultFile:
         stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         if stamp != self._stamp:
             try:
-                self._current = FaultSwitches.model_validate_json(self.path.read_text())
+                switches = FaultSwitches.model_validate_json(self.path.read_text())
                 self.last_error = None
             except (ValidationError, OSError) as exc:
                 self.last_error = str(exc)
+            else:
+                stale = switches.until_restart and st.st_mtime_ns < self.started_ns
+                self._current = FaultSwitches() if stale else switches
             self._stamp = stamp
         return self._current
 

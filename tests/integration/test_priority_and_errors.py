@@ -20,10 +20,24 @@ from clients import (
 from tritonclient.utils import InferenceServerException
 
 from mufleet.node import TritonNode
+from python_backends.generation import PRIORITY_PARAMETER
 
 pytestmark = pytest.mark.triton
 
-LOW, HIGH = 2, 1
+LOW, HIGH = 3, 2
+"""Ordinary levels, below the canaries' level 1 (which also gets slots beyond the batch)."""
+
+
+def _send(client: grpcclient.InferenceServerClient, request_id: str, level: int) -> None:
+    """A long request at Triton ``level``, the level also as the request parameter (the
+    engine orders its own queue by it: a Python model cannot read Triton's priority)."""
+    client.async_stream_infer(
+        "ensemble",
+        ensemble_inputs(grpcclient, request_id, 96, min_tokens=96),
+        request_id=request_id,
+        priority=level,
+        parameters={PRIORITY_PARAMETER: level},
+    )
 
 
 def _finish_order(node: TritonNode, late_priority: int) -> list[str]:
@@ -31,32 +45,25 @@ def _finish_order(node: TritonNode, late_priority: int) -> list[str]:
     client = grpc_client(node.grpc_url)
     recorder = StreamRecorder()
     client.start_stream(callback=recorder.callback)
-    # Six waves of long low-priority requests: one running, one held by the engine's
-    # admission, the rest waiting in Triton's queue when the late request arrives.
+    # Six waves of long low-priority requests: one running, the rest waiting in the
+    # engine's queue when the late request arrives.
     lows = 6 * ENGINE_SLOTS
     try:
         for i in range(lows):
-            client.async_stream_infer(
-                "ensemble",
-                ensemble_inputs(grpcclient, f"low {i}", 96, min_tokens=96),
-                request_id=f"low{i}",
-                priority=LOW,
-            )
-        # Wait (bounded) until requests are queued in front of the engine.
+            _send(client, f"low{i}", LOW)
+        # Wait (bounded) until requests are queued in the engine.
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            pending = metric_value(
-                node.metrics_url, "nv_inference_pending_request_count", model="tensorrt_llm"
+            waiting = metric_value(
+                node.metrics_url,
+                "nv_trt_llm_request_metrics",
+                model="tensorrt_llm",
+                request_type="waiting",
             )
-            if pending >= 2 * ENGINE_SLOTS:
+            if waiting >= 2 * ENGINE_SLOTS:
                 break
             time.sleep(0.02)
-        client.async_stream_infer(
-            "ensemble",
-            ensemble_inputs(grpcclient, "late", 96, min_tokens=96),
-            request_id="late",
-            priority=late_priority,
-        )
+        _send(client, "late", late_priority)
         arrivals = recorder.drain(finals_expected=lows + 1)
     finally:
         client.stop_stream()

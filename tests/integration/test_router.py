@@ -464,12 +464,13 @@ def test_the_router_s_priority_is_observed_in_triton_s_ordering(
             lows = 6 * ENGINE_SLOTS
             for i in range(lows):
                 send(f"batch{i}", "batch")
-            deadline = time.monotonic() + 60  # until requests queue in front of the engine
+            deadline = time.monotonic() + 60  # until requests queue in the engine
             while time.monotonic() < deadline:
                 pending = metric_value(
                     triton_node.metrics_url,
-                    "nv_inference_pending_request_count",
+                    "nv_trt_llm_request_metrics",
                     model="tensorrt_llm",
+                    request_type="waiting",
                 )
                 if pending >= 2 * ENGINE_SLOTS:
                     break

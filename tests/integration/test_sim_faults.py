@@ -88,6 +88,34 @@ def test_hang_stops_tokens_while_ready_stays_200(sim_node: TritonNode, faults: P
         client.stop_stream()
 
 
+def test_a_hang_until_restart_is_cured_by_reloading_the_model(
+    sim_node: TritonNode, faults: Path
+) -> None:
+    """A wedge that a restart clears: the file stays, the reloaded engine ignores it."""
+    _set(faults, hang=True, until_restart=True)
+    client = grpc_client(sim_node.grpc_url)
+    arrivals: queue.Queue[tuple[object, object]] = queue.Queue()
+    client.start_stream(callback=lambda result, error: arrivals.put((result, error)))
+    try:
+        client.async_stream_infer(
+            "ensemble", ensemble_inputs(grpcclient, "are you there", 4, stream=True)
+        )
+        with pytest.raises(queue.Empty):
+            arrivals.get(timeout=2.0)  # no token while hung
+
+        _restart_engine(sim_node)
+
+        status, body = _generate(sim_node)
+        assert status == 200, body
+        assert body["sequence_length"] == 8
+        still = FaultSwitches.model_validate_json(faults.read_text())
+        assert still.hang and still.until_restart  # cured without touching the file
+    finally:
+        # The request the wedged engine holds never ends by itself: Triton keeps that
+        # engine's stub until it does, while the reloaded model serves.
+        client.stop_stream(cancel_requests=True)
+
+
 def test_slowdown_stretches_latency(sim_node: TritonNode, faults: Path) -> None:
     def timed() -> float:
         start = time.perf_counter()
@@ -121,15 +149,26 @@ def test_garbage_returns_invalid_tokens(sim_node: TritonNode, faults: Path) -> N
 
 
 def test_crash_kills_the_engine_until_reloaded(sim_node: TritonNode, faults: Path) -> None:
+    """The stub exits without a word: what it held goes silent (as with a hang, the
+    router's deadlines catch it), later requests fail at once, and a reload serves again."""
     _set(faults, crash=True)
-    status, body = _generate(sim_node)
-    assert status >= 400, body
-    status, body = _generate(sim_node)
-    assert status >= 400 and "not healthy" in str(body["error"]), body
-    assert _ready(sim_node), "Triton keeps reporting ready after the stub died"
-    _set(faults)
-    _restart_engine(sim_node)
-    assert _generate(sim_node)[0] == 200
+    client = grpc_client(sim_node.grpc_url)
+    arrivals: queue.Queue[tuple[object, object]] = queue.Queue()
+    client.start_stream(callback=lambda result, error: arrivals.put((result, error)))
+    try:
+        client.async_stream_infer(
+            "ensemble", ensemble_inputs(grpcclient, "are you there", 4, stream=True)
+        )
+        with pytest.raises(queue.Empty):
+            arrivals.get(timeout=2.0)  # the engine took it, then its process died
+        status, body = _generate(sim_node)
+        assert status >= 400 and "not healthy" in str(body["error"]), body
+        assert _ready(sim_node), "Triton keeps reporting ready after the stub died"
+        _set(faults)
+        _restart_engine(sim_node)
+        assert _generate(sim_node)[0] == 200
+    finally:
+        client.stop_stream(cancel_requests=True)
 
 
 def test_an_iteration_that_raises_fails_its_requests_only(

@@ -181,6 +181,46 @@ def test_publish_of_a_block_already_published_frees_the_duplicate() -> None:
     assert pool.cached_idle == 2
 
 
+# -- the top-priority reserve ------------------------------------------------------------
+
+
+def test_ordinary_allocations_leave_the_reserve_free() -> None:
+    pool = BlockPool(16, BLOCK, reserved_tokens=2 * BLOCK)
+    assert pool.reserved_blocks == 2
+
+    assert pool.try_allocate([1], 14 * BLOCK) is not None
+    assert pool.try_allocate([2], 1) is None  # two blocks free, both held back
+    assert pool.used == 14
+
+    assert pool.try_allocate([3], 1, use_reserve=True) is not None
+    assert pool.try_allocate([4], 1, use_reserve=True) is not None
+    assert pool.try_allocate([5], 1, use_reserve=True) is None
+    assert pool.used == pool.total_blocks == 16
+
+
+def test_the_reserve_counts_evictable_idle_blocks_as_free() -> None:
+    pool = BlockPool(16, BLOCK, reserved_tokens=2 * BLOCK)
+    prompt = list(range(100, 100 + 8 * BLOCK))
+    first = pool.try_allocate(prompt, len(prompt))
+    assert first is not None
+    pool.release(first, prompt)
+    assert pool.cached_idle == 8 and pool.used == 0
+
+    assert pool.try_allocate([1], 14 * BLOCK) is not None  # evicts idle blocks
+    assert pool.try_allocate([2], 1) is None
+    assert pool.try_allocate([2], 1, use_reserve=True) is not None
+
+
+@pytest.mark.parametrize(
+    ("total", "reserved_tokens", "blocks"),
+    [(64, 0, 0), (64, 1, 1), (64, 9 * BLOCK, 8), (64, 100 * BLOCK, 8), (7, 8 * BLOCK, 0)],
+)
+def test_the_reserve_is_at_most_an_eighth_of_the_pool(
+    total: int, reserved_tokens: int, blocks: int
+) -> None:
+    assert BlockPool(total, BLOCK, reserved_tokens).reserved_blocks == blocks
+
+
 def test_idle_blocks_are_evicted_least_recently_used() -> None:
     pool = BlockPool(4, 2)
     prompts = [[1, 2], [3, 4], [5, 6], [7, 8]]

@@ -10,6 +10,7 @@ import pytest
 
 from python_backends.cpu_engine.engine import CpuEngine, EngineConfig, _Sequence
 from python_backends.cpu_engine.prefix_cache import PrefixCache
+from python_backends.engine_loop import TOP_PRIORITY_LEVEL
 from python_backends.engine_types import EngineStats, TokenEvent
 from python_backends.generation import GenerationSpec
 
@@ -330,24 +331,26 @@ def test_max_num_sequences_caps_running(engine: CpuEngine) -> None:
     assert all(o.finished and len(o.tokens) == 4 for o in outs)
 
 
-def test_wait_admitted(engine: CpuEngine) -> None:
+def test_a_canary_runs_beside_a_full_batch(
+    engine: CpuEngine, solo_outputs: list[list[int]]
+) -> None:
+    """A top-level request joins a batch already at max_num_sequences and decodes as it
+    would alone; the ordinary request queued before it waits."""
     engine.config.max_num_sequences = 1
-    first, second = Collector(), Collector()
-    engine.submit(_spec(PROMPTS[0], 3), first)
-    engine.submit(_spec(PROMPTS[1], 3), second)
-
-    assert engine.wait_admitted(timeout=0.01) is False
+    first, queued, canary = Collector(), Collector(), Collector()
+    engine.submit(_spec(PROMPTS[0], MAX_NEW[0], priority=3), first)
+    engine.submit(_spec(PROMPTS[1], MAX_NEW[1], priority=3), queued)
     engine.step()
-    assert engine.wait_admitted(timeout=0.01) is False
-    while not first.finished:
+    engine.submit(_spec(PROMPTS[2], MAX_NEW[2], priority=TOP_PRIORITY_LEVEL), canary)
+
+    engine.step()
+
+    assert (engine.stats.active, engine.stats.waiting) == (2, 1)
+    while not canary.finished:
         engine.step()
-    engine.step()
-    assert engine.stats.waiting == 0
-    assert engine.wait_admitted(timeout=0.01) is True
-
-
-def test_wait_admitted_when_idle(engine: CpuEngine) -> None:
-    assert engine.wait_admitted(timeout=0.01) is True
+        assert engine.stats.waiting == 1  # its slot is the canary's until the canary ends
+    _drain(engine)
+    assert [first.tokens, queued.tokens, canary.tokens] == solo_outputs[:3]
 
 
 def test_stats_after_drain(engine: CpuEngine) -> None:

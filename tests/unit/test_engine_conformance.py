@@ -19,10 +19,15 @@ import pytest
 
 from python_backends.cpu_engine.engine import CpuEngine
 from python_backends.cpu_engine.prefix_cache import PrefixCache
-from python_backends.engine_loop import MAX_CONSECUTIVE_FAILURES, EngineLoop
+from python_backends.engine_loop import (
+    MAX_CONSECUTIVE_FAILURES,
+    TOP_PRIORITY_LEVEL,
+    TOP_PRIORITY_SLOTS,
+    EngineLoop,
+)
 from python_backends.engine_types import Engine, EngineStats, TokenEvent
 from python_backends.engines import ENGINES, build_engine
-from python_backends.generation import GenerationSpec
+from python_backends.generation import GenerationSpec, SamplingParams
 from python_backends.sim_engine.engine import SimEngine
 from python_backends.sim_engine.faults import FAULT_FILE_ENV
 
@@ -176,7 +181,7 @@ def test_has_every_member_of_the_engine_protocol(engine: SteppedEngine) -> None:
     assert isinstance(engine.max_context, int) and engine.max_context > 0
     assert isinstance(engine.stats, EngineStats)
     assert engine.stats.max_sequences == MAX_BATCH
-    for name in ("submit", "wait_admitted", "start", "stop"):
+    for name in ("submit", "start", "stop"):
         protocol_params = list(inspect.signature(getattr(Engine, name)).parameters)[1:]
         assert list(inspect.signature(getattr(engine, name)).parameters) == protocol_params
 
@@ -216,24 +221,6 @@ def test_token_ids_lie_in_the_vocabulary(engine: SteppedEngine) -> None:
         assert all(0 <= t < engine.vocab_size for t in out.tokens)
 
 
-def test_wait_admitted_until_the_queue_drains(engine: SteppedEngine) -> None:
-    assert engine.wait_admitted(timeout=0.01) is True
-    outs = [Collector() for _ in range(MAX_BATCH + 2)]
-    for i, out in enumerate(outs):
-        engine.submit(_spec((20 + i, 30, 40), 3), out)
-
-    assert engine.wait_admitted(timeout=0.01) is False
-    engine.step()
-    assert engine.wait_admitted(timeout=0.01) is False
-    for _ in range(50):
-        if engine.wait_admitted(timeout=0.0):
-            break
-        engine.step()
-    assert engine.wait_admitted(timeout=0.01) is True
-    _drain(engine)
-    assert all(o.finished and o.last.error is None for o in outs)
-
-
 def test_no_more_than_max_num_sequences_run_at_once(engine: SteppedEngine) -> None:
     outs = [Collector() for _ in range(2 * MAX_BATCH + 1)]
     for i, out in enumerate(outs):
@@ -250,6 +237,148 @@ def test_no_more_than_max_num_sequences_run_at_once(engine: SteppedEngine) -> No
             break
     assert peak == MAX_BATCH
     assert all(o.finished and len(o.tokens) == 4 for o in outs)
+
+
+def test_top_priority_requests_are_admitted_ahead_of_a_full_batch(engine: SteppedEngine) -> None:
+    """Canaries (level 1) run beyond max_num_sequences, up to TOP_PRIORITY_SLOTS of them,
+    and before ordinary requests that queued earlier."""
+    first_tokens: list[str] = []
+
+    def recorder(name: str) -> Collector:
+        class First(Collector):
+            def __call__(self, event: TokenEvent) -> None:
+                if not self.events:
+                    first_tokens.append(name)
+                super().__call__(event)
+
+        return First()
+
+    ordinary = [recorder(f"ordinary{i}") for i in range(MAX_BATCH + 2)]
+    for i, out in enumerate(ordinary):
+        engine.submit(_spec((50 + i, 60, 70), 12, streaming=True, priority=3), out)
+    engine.step()
+    assert (engine.stats.active, engine.stats.waiting) == (MAX_BATCH, 2)
+
+    tops = [recorder(f"top{i}") for i in range(TOP_PRIORITY_SLOTS + 1)]
+    for i, out in enumerate(tops):
+        engine.submit(_spec((80 + i, 81), 4, streaming=True, priority=TOP_PRIORITY_LEVEL), out)
+    engine.step()
+
+    assert engine.stats.active == MAX_BATCH + TOP_PRIORITY_SLOTS
+    assert engine.stats.waiting == 2 + 1
+    assert [bool(o.events) for o in tops] == [True] * TOP_PRIORITY_SLOTS + [False]
+    _drain(engine)
+    assert all(o.finished and o.last.error is None for o in [*tops, *ordinary])
+    # The third canary waited for a canary slot, never behind the queued ordinary work.
+    assert first_tokens.index("top2") < first_tokens.index(f"ordinary{MAX_BATCH}")
+    assert first_tokens[-2:] == [f"ordinary{MAX_BATCH}", f"ordinary{MAX_BATCH + 1}"]
+
+
+def test_ordinary_requests_never_run_beyond_max_num_sequences(engine: SteppedEngine) -> None:
+    top = Collector()
+    engine.submit(_spec((90, 91), 6, priority=TOP_PRIORITY_LEVEL), top)
+    outs = [Collector() for _ in range(MAX_BATCH + 1)]
+    for i, out in enumerate(outs):
+        engine.submit(_spec((50 + i, 60), 6, priority=3), out)
+
+    engine.step()
+
+    # The canary took one of the ordinary slots while there was one.
+    assert (engine.stats.active, engine.stats.waiting) == (MAX_BATCH, 2)
+    _drain(engine)
+    assert all(o.finished and o.last.error is None for o in [top, *outs])
+
+
+class CountedCancel:
+    """An ``is_cancelled`` that counts how often it was asked."""
+
+    def __init__(self, answer: bool) -> None:
+        self.answer = answer
+        self.calls = 0
+
+    def __call__(self) -> bool:
+        self.calls += 1
+        return self.answer
+
+
+def test_a_request_cancelled_while_queued_is_dropped_at_the_head(engine: SteppedEngine) -> None:
+    running = [Collector() for _ in range(MAX_BATCH)]
+    for i, out in enumerate(running):
+        engine.submit(_spec((30 + i, 31), 4), out)
+    gone, kept = Collector(), Collector()
+    gone_asked, kept_asked = CountedCancel(True), CountedCancel(False)
+    engine.submit(_spec((40, 41), 4), gone, gone_asked)
+    engine.submit(_spec((42, 43), 4), kept, kept_asked)
+
+    for _ in range(3):
+        engine.step()
+        # No slot: nobody in the queue is asked (asking costs the model an IPC call).
+        assert gone_asked.calls == kept_asked.calls == 0
+    _drain(engine)
+
+    assert gone_asked.calls == 1
+    assert [e.error for e in gone.events] == ["cancelled"]
+    assert gone.tokens == []
+    assert kept.last.error is None and len(kept.tokens) == 4
+    assert engine.stats.completed == MAX_BATCH + 1
+
+
+# -- continuing a request from its prompt plus the tokens it generated -------------------------
+CONTINUATION_LEN = 10
+
+
+def _continue(
+    engine: SteppedEngine, prompt: Sequence[int], k: int, **kwargs: Any
+) -> tuple[list[int], list[int]]:
+    """The unbroken run, and its first ``k`` tokens followed by a continuation re-sent as
+    the router re-sends a moved stream: prompt + those tokens, the lengths reduced by k."""
+    n = CONTINUATION_LEN
+    whole = _generate(engine, _spec(prompt, n, min_tokens=n, **kwargs)).tokens
+    head = _generate(engine, _spec(prompt, k, min_tokens=k, **kwargs)).tokens
+    rest = _generate(engine, _spec((*prompt, *head), n - k, min_tokens=n - k, **kwargs)).tokens
+    return whole, head + rest
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        SamplingParams(),
+        SamplingParams(temperature=0.8, top_k=40, seed=7),
+        SamplingParams(temperature=1.3, top_p=0.9, seed=123),
+        SamplingParams(temperature=1.0, top_k=5, seed=2**64 - 1),
+    ],
+    ids=["greedy", "top_k", "top_p", "max_seed"],
+)
+@pytest.mark.parametrize("k", [1, 4])
+def test_a_continuation_equals_the_rest_of_the_unbroken_run(
+    engine: SteppedEngine, sampling: SamplingParams, k: int
+) -> None:
+    whole, continued = _continue(engine, PROMPTS[2], k, sampling=sampling)
+
+    assert len(whole) == CONTINUATION_LEN
+    assert continued == whole
+
+
+def test_a_continuation_keeps_bad_words_end_id_and_min_tokens(engine: SteppedEngine) -> None:
+    k = 3
+    sampling = SamplingParams(temperature=0.9, top_k=20, seed=11)
+    free = _generate(engine, _spec(PROMPTS[0], CONTINUATION_LEN, sampling=sampling)).tokens
+    # A two-token bad word across the split: its first token ends the continuation's prompt.
+    bad_words = ((free[k - 1], free[k]),)
+    banned = _generate(
+        engine, _spec(PROMPTS[0], CONTINUATION_LEN, sampling=sampling, bad_words=bad_words)
+    ).tokens
+    assert banned[:k] == free[:k] and banned[k] != free[k]
+    # An end_id the run would produce right after the split, held off by min_tokens.
+    end_id = banned[k + 1]
+
+    whole, continued = _continue(
+        engine, PROMPTS[0], k, sampling=sampling, bad_words=bad_words, end_id=end_id
+    )
+
+    assert len(whole) == CONTINUATION_LEN and end_id not in whole
+    assert whole[:k] == free[:k] and (free[k - 1], free[k]) not in set(itertools.pairwise(whole))
+    assert continued == whole
 
 
 def test_cancelled_request_ends_with_an_error_event(engine: SteppedEngine) -> None:
@@ -310,7 +439,6 @@ def test_stop_fails_queued_and_running_requests(kind: str, tiny_model_dir: Path)
         assert out.finished
         assert out.last.finish_reason == "error"
         assert out.last.error
-    assert engine.wait_admitted(timeout=0.01) is True
 
 
 def test_engine_thread_serves_requests(kind: str, tiny_model_dir: Path) -> None:
@@ -320,7 +448,6 @@ def test_engine_thread_serves_requests(kind: str, tiny_model_dir: Path) -> None:
         outs = [Collector() for _ in range(MAX_BATCH + 1)]
         for prompt, out in zip(PROMPTS[: len(outs)], outs, strict=True):
             engine.submit(_spec(prompt, 4), out)
-        assert engine.wait_admitted(timeout=10.0) is True
         for out in outs:
             assert out.done.wait(timeout=10.0)
             assert out.last.error is None
@@ -730,7 +857,6 @@ def test_consecutive_failing_iterations_kill_the_engine(
         assert len(_errors(out)) == 1
     for out in outs[MAX_BATCH:]:
         assert str(out.last.error).startswith("engine is dead")
-    assert fresh.wait_admitted(timeout=0.01) is True
 
     late = Collector()
     fresh.submit(_spec(PROMPTS[1], 3), late)
@@ -754,22 +880,6 @@ def test_on_fatal_is_told_once_and_may_raise(fresh: SteppedEngine) -> None:
 
     assert calls == ["first"]
     assert fresh.dead_reason == "first"
-
-
-def test_wait_admitted_returns_when_the_engine_dies(fresh: SteppedEngine) -> None:
-    queued = Collector()
-    fresh.submit(_spec(PROMPTS[0], 4), queued)
-    assert fresh.wait_admitted(timeout=0.01) is False
-    result: list[bool] = []
-    waiter = threading.Thread(target=lambda: result.append(fresh.wait_admitted(timeout=30)))
-    waiter.start()
-
-    cast(EngineLoop[Any], fresh)._die("killed by the test")
-    waiter.join(timeout=30)
-
-    assert not waiter.is_alive()
-    assert result == [True]
-    assert queued.finished and queued.last.error == "engine is dead: killed by the test"
 
 
 class FlakySteps:
@@ -842,7 +952,6 @@ def test_engine_thread_dies_after_consecutive_failures(
     assert len(reasons) == 1 and reasons[0] == fresh.dead_reason
     assert all(str(o.last.error).startswith("engine is dead") for o in outs)
     assert all(len(_errors(o)) == 1 for o in outs)
-    assert fresh.wait_admitted(timeout=30) is True
     late = Collector()
     fresh.submit(_spec(PROMPTS[0], 4), late)
     assert late.finished and str(late.last.error).startswith("engine is dead")

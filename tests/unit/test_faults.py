@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,66 @@ def test_rewrite_with_the_same_mtime_is_picked_up(tmp_path: Path) -> None:
     os.utime(path, ns=(stamp, stamp))  # what a coarse-timestamp filesystem records
 
     assert faults.current().hang is False
+
+
+# -- faults a restart clears ---------------------------------------------------------------
+def _set_mtime(path: Path, mtime_ns: int) -> None:
+    os.utime(path, ns=(mtime_ns, mtime_ns))
+
+
+def test_an_until_restart_file_wedges_only_an_engine_started_before_it(tmp_path: Path) -> None:
+    path = tmp_path / "faults.json"
+    write_faults(path, FaultSwitches(hang=True, until_restart=True))
+    written = 2_000_000_000_000_000_000
+    _set_mtime(path, written)
+
+    running = FaultFile(path, poll_s=0, started_ns=written - 1)
+    restarted = FaultFile(path, poll_s=0, started_ns=written + 1)
+
+    assert running.current().hang is True
+    assert restarted.current() == FaultSwitches()
+    assert restarted.last_error is None
+    assert path.exists()  # the file stays; only the new engine ignores it
+
+
+def test_without_until_restart_the_file_wedges_a_restarted_engine_too(tmp_path: Path) -> None:
+    path = tmp_path / "faults.json"
+    write_faults(path, FaultSwitches(hang=True))
+    written = 2_000_000_000_000_000_000
+    _set_mtime(path, written)
+
+    assert FaultFile(path, poll_s=0, started_ns=written + 1).current().hang is True
+
+
+def test_an_engine_sees_an_until_restart_fault_written_while_it_runs(tmp_path: Path) -> None:
+    path = tmp_path / "faults.json"
+    faults = FaultFile(path, poll_s=0)  # the engine starts now
+    assert faults.current().hang is False
+
+    write_faults(path, FaultSwitches(hang=True, until_restart=True))
+    _set_mtime(path, faults.started_ns + 1_000_000_000)
+    assert faults.current().hang is True
+
+    _set_mtime(path, faults.started_ns - 1_000_000_000)  # as if written before it started
+    assert faults.current() == FaultSwitches()
+
+
+def test_a_fault_file_starts_its_engine_clock_when_built(tmp_path: Path) -> None:
+    path = tmp_path / "faults.json"
+    write_faults(path, FaultSwitches(hang=True, until_restart=True))
+    _set_mtime(path, time.time_ns() - 1_000_000_000)
+
+    assert FaultFile(path, poll_s=0).current().hang is False
+
+
+@pytest.mark.parametrize("until_restart", [False, True])
+def test_mufleet_fault_writes_until_restart(tmp_path: Path, until_restart: bool) -> None:
+    from mufleet.cli import main
+
+    path = tmp_path / "node1.json"
+    flags = ["--until-restart"] if until_restart else []
+
+    assert main(["fault", "node1", "--file", str(path), "--hang", *flags]) == 0
+
+    switches = FaultSwitches.model_validate_json(path.read_text())
+    assert switches == FaultSwitches(hang=True, until_restart=until_restart)

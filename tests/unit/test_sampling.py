@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from python_backends.cpu_engine.sampling import TokenSampler
+from python_backends.cpu_engine.sampling import TokenSampler, step_seed
 from python_backends.generation import GenerationSpec, SamplingParams, parse_request
 
 VOCAB = 64
@@ -106,7 +106,9 @@ def test_end_id_not_banned_without_min_tokens() -> None:
 
 
 def _draws(sampler: TokenSampler, logits: torch.Tensor, n: int) -> list[int]:
-    return [sampler.choose(logits, [])[0] for _ in range(n)]
+    """``n`` draws at growing contexts, as a run makes them (a draw is a function of the
+    context, so repeating one context repeats its draw)."""
+    return [sampler.choose(logits, [0] * i)[0] for i in range(n)]
 
 
 def test_same_seed_same_sequence() -> None:
@@ -127,6 +129,35 @@ def test_different_seed_different_sequence() -> None:
     second = _draws(_sampler(SamplingParams(top_k=50, seed=2)), logits, 32)
 
     assert first != second
+
+
+def test_a_draw_is_a_function_of_the_context_not_of_the_request_s_history() -> None:
+    params = SamplingParams(top_k=50, seed=99)
+    logits = _flat(11)
+    running = _sampler(params, input_ids=(1, 2, 3))
+    along = [running.choose(logits, [5, 6][:i])[0] for i in range(3)]
+
+    # The same context sent afresh (a continuation with the output in its prompt) draws
+    # what the running request drew; drawing it again repeats it.
+    moved = _sampler(params, input_ids=(1, 2, 3, 5, 6))
+    assert moved.choose(logits, [])[0] == along[2]
+    assert running.choose(logits, [5, 6])[0] == along[2]
+    assert len(set(_draws(_sampler(params), logits, 16))) > 1
+
+
+def test_step_seeds_differ_by_seed_and_context_length() -> None:
+    seeds = {step_seed(seed, n) for seed in (0, 1, 2**64 - 1) for n in range(100)}
+
+    assert len(seeds) == 300
+    assert all(0 <= s < 2**64 for s in seeds)
+    assert step_seed(5, 17) == step_seed(5, 17)
+
+
+def test_a_bad_word_matches_across_the_end_of_the_prompt() -> None:
+    sampler = _sampler(bad_words=((7, 4),), input_ids=(1, 7))
+
+    assert sampler.choose(_peaked(4, 9), [])[0] == 9
+    assert sampler.choose(_peaked(4, 9), [3])[0] == 4
 
 
 def test_top_k_never_samples_outside_top_k() -> None:
@@ -215,7 +246,8 @@ def test_returned_sequences_sample_differently() -> None:
 
     draws = [_draws(TokenSampler(spec), logits, 32) for spec in request.specs]
 
-    assert draws[0] == _draws(_sampler(SamplingParams(top_k=50, seed=77)), logits, 32)
+    first = _sampler(SamplingParams(top_k=50, seed=77), input_ids=(1, 2))
+    assert draws[0] == _draws(first, logits, 32)
     assert len({tuple(d) for d in draws}) == 3
 
 
@@ -343,9 +375,13 @@ def test_min_tokens_beats_embedding_bias_on_end_id() -> None:
 def test_bad_words_and_min_tokens_banned_together_when_sampling() -> None:
     logits = _flat(10)
     logits[11], logits[12] = 4.0, 4.0
-    sampler = _sampler(SamplingParams(top_k=3, seed=1), bad_words=((11,),), end_id=12, min_tokens=5)
-
-    draws = [sampler.choose(logits, [0] * n)[0] for n in range(5) for _ in range(40)]
+    draws = [
+        _sampler(
+            SamplingParams(top_k=3, seed=seed), bad_words=((11,),), end_id=12, min_tokens=5
+        ).choose(logits, [0] * n)[0]
+        for n in range(5)
+        for seed in range(40)
+    ]
 
     assert 11 not in draws
     assert 12 not in draws

@@ -13,10 +13,16 @@ from typing import Any
 
 import pytest
 
+from python_backends.engine_loop import (
+    TOP_PRIORITY_LEVEL,
+    TOP_PRIORITY_RESERVE_TOKENS,
+    TOP_PRIORITY_SLOTS,
+)
 from python_backends.engine_types import TokenEvent
 from python_backends.generation import GenerationSpec, SamplingParams
 from python_backends.sim_engine import engine as sim_module
 from python_backends.sim_engine.engine import (
+    CONTEXT_KEY_TOKENS,
     CRASH_EXIT_CODE,
     FIRST_ORDINARY_ID,
     MAX_LAG_S,
@@ -261,7 +267,6 @@ def test_request_waits_until_the_pool_can_hold_it(clock: FakeClock) -> None:
     engine.step()
     assert engine.stats.active == 1
     assert engine.stats.waiting == 1
-    assert engine.wait_admitted(timeout=0.01) is False
     while not first.finished:
         engine.step()
         assert second.events == []
@@ -271,7 +276,6 @@ def test_request_waits_until_the_pool_can_hold_it(clock: FakeClock) -> None:
     engine.step()
 
     assert engine.stats.waiting == 0
-    assert engine.wait_admitted(timeout=0.01) is True
     _drain(engine)
     assert second.last.error is None and len(second.tokens) == 40
 
@@ -331,6 +335,99 @@ def test_small_lag_is_caught_up_and_a_large_one_restarts_the_timeline(
     assert all(s >= 0 for s in clock.slept)
 
 
+# -- top priority (health canaries) -------------------------------------------------------
+TOP, ORDINARY = TOP_PRIORITY_LEVEL, 3
+
+
+def test_top_priority_requests_run_beyond_a_full_batch(clock: FakeClock) -> None:
+    engine = _engine(clock, max_num_sequences=2)
+    longs = [Collector() for _ in range(4)]
+    for i, out in enumerate(longs):
+        engine.submit(_spec(_prompt(20, 100 + i), 50, priority=ORDINARY), out)
+    engine.step()
+    assert (engine.stats.active, engine.stats.waiting) == (2, 2)
+
+    tops = [Collector() for _ in range(TOP_PRIORITY_SLOTS + 1)]
+    for i, out in enumerate(tops):
+        engine.submit(_spec(_prompt(20, 400 + i), 2, priority=TOP, streaming=True), out)
+    engine.step()
+
+    assert engine.stats.active == 2 + TOP_PRIORITY_SLOTS
+    assert engine.stats.waiting == 2 + 1
+    assert [len(o.events) for o in tops] == [1] * TOP_PRIORITY_SLOTS + [0]
+    while not tops[-1].finished:
+        engine.step()
+        assert engine.stats.active <= 2 + TOP_PRIORITY_SLOTS
+        assert longs[2].events == longs[3].events == []  # no ordinary slot came free
+    _drain(engine)
+    assert all(o.last.error is None for o in [*tops, *longs])
+
+
+def test_an_ordinary_request_never_takes_a_slot_beyond_the_batch(clock: FakeClock) -> None:
+    engine = _engine(clock, max_num_sequences=2)
+    top = Collector()
+    engine.submit(_spec(_prompt(20), 30, priority=TOP), top)
+    outs = [Collector() for _ in range(3)]
+    for i, out in enumerate(outs):
+        engine.submit(_spec(_prompt(20, 200 + i), 30, priority=ORDINARY), out)
+
+    engine.step()
+
+    # The canary holds one of the two slots; ordinary work gets the other one only.
+    assert (engine.stats.active, engine.stats.waiting) == (2, 2)
+    _drain(engine)
+    assert all(o.last.error is None for o in [top, *outs])
+
+
+def _reserve_profile() -> HardwareProfile:
+    """64 blocks of 32 tokens: the reserve is capped at an eighth, 8 blocks."""
+    return _profile(kv_cache={"block_tokens": BLOCK, "total_blocks": 64})
+
+
+def test_the_kv_reserve_admits_a_canary_into_a_pool_full_of_reservations(
+    clock: FakeClock,
+) -> None:
+    engine = _engine(clock, _reserve_profile())
+    reserved = engine.pool.reserved_blocks
+    assert reserved == min(engine.pool.blocks_for(TOP_PRIORITY_RESERVE_TOKENS), 64 // 8) > 0
+    long_blocks = (64 - reserved) // 2  # two of these fill all but the reserve
+    longs = [Collector(), Collector()]
+    for i, out in enumerate(longs):
+        engine.submit(_spec(_prompt(BLOCK, 100 + i), long_blocks * BLOCK - BLOCK), out)
+    engine.step()
+    assert engine.pool.used == 64 - reserved
+
+    small, canary = Collector(), Collector()
+    engine.submit(_spec(_prompt(20, 500), 4, priority=ORDINARY), small)
+    engine.submit(_spec(_prompt(20, 600), 4, priority=TOP), canary)
+    engine.step()
+
+    # Both would fit in the free blocks; only the canary may take the reserve.
+    assert engine.stats.active == 3 and engine.stats.waiting == 1
+    while not canary.finished:
+        engine.step()
+        assert small.events == []
+    assert canary.last.error is None and len(canary.tokens) == 4
+    assert not any(o.finished for o in longs)
+    _drain(engine, max_steps=long_blocks * BLOCK + 10)
+    assert small.last.error is None
+
+
+def test_an_idle_engine_admits_a_request_that_needs_part_of_the_reserve(
+    clock: FakeClock,
+) -> None:
+    engine = _engine(clock, _reserve_profile())
+    out = Collector()
+    # 62 of the 64 blocks: more than an ordinary request may take beside the reserve.
+    engine.submit(_spec(_prompt(BLOCK), 61 * BLOCK, priority=ORDINARY), out)
+
+    engine.step()
+
+    assert engine.stats.active == 1 and engine.pool.used == 62
+    _drain(engine, max_steps=61 * BLOCK + 10)
+    assert out.last.error is None
+
+
 # -- faults -----------------------------------------------------------------------------
 
 
@@ -385,7 +482,6 @@ def test_hang_produces_no_tokens_until_lifted(clock: FakeClock) -> None:
     assert out.events == []
     assert engine.busy_s == 0.0
     assert clock.slept == [faults.poll_s] * 5
-    assert engine.wait_admitted(timeout=0.01) is False
 
     faults.switches = FaultSwitches()
     for _ in range(10):
@@ -418,16 +514,25 @@ def test_crash_exits_the_process_with_its_code(
 
 
 def test_pseudo_tokens_are_deterministic_and_seeded() -> None:
-    spec = _spec(_prompt(40), 16)
-    reseeded = _spec(_prompt(40), 16, sampling=SamplingParams(seed=7))
-    positions = range(16)
+    contexts = [_prompt(40 + n) for n in range(16)]
 
-    tokens = [pseudo_token(spec, p, VOCAB) for p in positions]
+    tokens = [pseudo_token(c, len(c), 0, VOCAB) for c in contexts]
 
-    assert tokens == [pseudo_token(_spec(_prompt(40), 16), p, VOCAB) for p in positions]
-    assert tokens != [pseudo_token(reseeded, p, VOCAB) for p in positions]
+    assert tokens == [pseudo_token(list(c), len(c), 0, VOCAB) for c in contexts]
+    assert tokens != [pseudo_token(c, len(c), 7, VOCAB) for c in contexts]
     assert all(FIRST_ORDINARY_ID <= t < VOCAB for t in tokens)
     assert len(set(tokens)) > 1
+
+
+def test_a_pseudo_token_depends_on_the_context_s_tail_and_length_only() -> None:
+    context = _prompt(60)
+    token = pseudo_token(context, len(context), 3, VOCAB)
+
+    # Only the last CONTEXT_KEY_TOKENS tokens and the length are read.
+    assert pseudo_token(context[-CONTEXT_KEY_TOKENS:], len(context), 3, VOCAB) == token
+    assert pseudo_token([1, *context[1:]], len(context), 3, VOCAB) == token
+    assert pseudo_token([*context[:-1], 999], len(context), 3, VOCAB) != token
+    assert pseudo_token(context, len(context) + 1, 3, VOCAB) != token
 
 
 def test_engine_output_is_reproducible(clock: FakeClock) -> None:

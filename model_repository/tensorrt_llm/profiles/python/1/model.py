@@ -23,10 +23,6 @@ from python_backends.trtllm_metrics import TrtLlmMetrics
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 ENGINE_DEAD_EXIT_CODE = 87
 CANCELLATION_CHECK_S = 0.1
-STALL_S = 5.0
-"""An ``execute`` call waits for engine slots while the engine keeps iterating; after this
-many seconds without an iteration (a wedged engine) it returns, and requests queue in the
-engine."""
 
 
 def _inputs(request):
@@ -38,9 +34,18 @@ def _inputs(request):
     return found
 
 
-def _priority(request):
+def _priority(request, default):
+    """The request's level, from the PRIORITY_PARAMETER request parameter (a Python model
+    cannot read Triton's own priority); without it, the model's default level, where
+    Triton's queue would have put it."""
     level = json.loads(request.parameters() or "{}").get(PRIORITY_PARAMETER)
-    return level if isinstance(level, int) else None
+    return level if isinstance(level, int) else default
+
+
+def _default_level(config):
+    """``dynamic_batching.default_priority_level`` (a string in the JSON config), or None."""
+    level = int((config.get("dynamic_batching") or {}).get("default_priority_level") or 0)
+    return level or None
 
 
 def _error(message, code=None):
@@ -98,6 +103,7 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config["parameters"].items()}
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
         self.exclude_input = params.get("exclude_input_in_output", "true") == "true"
+        self.default_level = _default_level(config)
         self.engine = build_engine(params["engine"], params, int(config["max_batch_size"]))
         from transformers import AutoTokenizer
 
@@ -120,7 +126,7 @@ class TritonPythonModel:
                     self.engine.name,
                     self.engine.vocab_size,
                     self.engine.max_context,
-                    _priority(request),
+                    _priority(request, self.default_level),
                     self.exclude_input,
                 )
                 if parsed.options.streaming and not self.decoupled:
@@ -137,11 +143,10 @@ class TritonPythonModel:
 
             for index, spec in enumerate(parsed.specs):
                 self.engine.submit(spec, assembler.emitter(index), cancelled)
-        # Hold this batch until the engine has a slot for all of it: later requests
-        # then wait in Triton's priority queue, where higher priorities overtake. The
-        # wait ends when the engine stops iterating, so a wedged engine never holds
-        # Triton's execute thread.
-        self.engine.wait_admitted(stall_timeout=STALL_S)
+        # Submit and return, as the TensorRT-LLM backend hands requests to its executor:
+        # they wait in the engine's queue, ordered by priority level, so a top-level
+        # request (a canary) is admitted ahead of a full batch instead of waiting behind
+        # it in Triton's queue, and a wedged engine never holds Triton's execute thread.
         return None
 
     def finalize(self):
