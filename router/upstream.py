@@ -66,6 +66,11 @@ class NodeChannel:
                 options=[
                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                    # A restarted node is reached again within a second, not after gRPC's
+                    # default back-off (up to 120 s).
+                    ("grpc.initial_reconnect_backoff_ms", 200),
+                    ("grpc.min_reconnect_backoff_ms", 100),
+                    ("grpc.max_reconnect_backoff_ms", 1000),
                 ],
             )
             self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
@@ -76,10 +81,18 @@ class NodeChannel:
         request: service_pb2.ModelInferRequest,
         deadline_s: float | None,
         handle: CallHandle | None = None,
+        wait_for_ready: bool = False,
     ) -> AsyncGenerator[service_pb2.ModelInferResponse, None]:
-        """The responses of ``request`` up to and including the final one."""
+        """The responses of ``request`` up to and including the final one.
+
+        ``wait_for_ready`` waits (within the deadline) for a channel that is reconnecting
+        instead of failing at once: right for a probe, wrong for a request that should
+        fail over.
+        """
         set_parameter(request, "triton_enable_empty_final_response", True)
-        call = self.stub.ModelStreamInfer(iter([request]), timeout=deadline_s)
+        call = self.stub.ModelStreamInfer(
+            iter([request]), timeout=deadline_s, wait_for_ready=wait_for_ready
+        )
         if handle is not None:
             handle.call = call
             if handle.reason is not None:

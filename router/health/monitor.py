@@ -163,6 +163,9 @@ class HealthMonitor:
             if state is not self._states[name]:
                 changed = True
                 self._states[name] = state
+                if state in (NodeState.RESTARTING, NodeState.PROBATION):
+                    for judge in self.judges:
+                        judge.forget(name)
         if changed:
             self.on_change()
 

@@ -40,3 +40,7 @@ class FleetJudge(Protocol):
     def evaluate(self, table: NodeTable, now: float) -> list[Signal]:
         """Signals about any nodes whose verdict this judge has something to say about."""
         ...
+
+    def forget(self, node: str) -> None:
+        """The node restarted: what the judge learnt about it no longer describes it."""
+        ...

@@ -141,7 +141,7 @@ class CanaryProbe:
         started = time.perf_counter()
         ttft: float | None = None
         text = b""
-        stream = self.channels[node].stream(self.request(), total + 1.0)
+        stream = self.channels[node].stream(self.request(), total + 1.0, wait_for_ready=True)
         final = False
         try:
             while True:

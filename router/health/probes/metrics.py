@@ -27,6 +27,10 @@ class MetricsJudge:
         self._stuck_since: dict[str, float] = {}
         self._last: dict[str, Verdict] = dict.fromkeys(nodes, Verdict.PASS)
 
+    def forget(self, node: str) -> None:
+        self._stuck_since.pop(node, None)
+        self._last[node] = Verdict.PASS
+
     def evaluate(self, table: NodeTable, now: float) -> list[Signal]:
         signals: list[Signal] = []
         for entry in table:

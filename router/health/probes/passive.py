@@ -62,6 +62,11 @@ class PassiveJudge:
                     ttft_s if t.baseline_ttft is None else (1 - a) * t.baseline_ttft + a * ttft_s
                 )
 
+    def forget(self, node: str) -> None:
+        """A restarted node starts a new record (its baseline is learnt again)."""
+        if node in self.nodes:
+            self.nodes[node] = _NodeTraffic()
+
     def evaluate(self, table: NodeTable, now: float) -> list[Signal]:
         c = self.config
         horizon = now - c.window_s

@@ -145,3 +145,13 @@ def test_the_canary_refuses_token_ids_outside_the_vocabulary() -> None:
     ok.outputs.add(name="output_ids", datatype="INT32", shape=[1, 1, 1])
     ok.raw_output_contents.append(np.array([5], dtype=np.int32).tobytes())
     assert probe._check(ok) is None
+
+
+def test_a_restarted_node_is_judged_afresh() -> None:
+    t = table()
+    judge = PassiveJudge(PassiveConfig(consecutive_faults_suspect=3), NODES)
+    for i in range(3):
+        judge.record("node0", "node_fault", None, float(i))
+    assert verdicts(judge.evaluate(t, 3.0))["node0"][0] is Verdict.SUSPECT
+    judge.forget("node0")  # its restart: no traffic will come to clear the streak
+    assert "node0" not in verdicts(judge.evaluate(t, 4.0))
