@@ -66,13 +66,16 @@ class RenderParams(BaseModel):
     )
     max_queue_size: int = Field(0, ge=0, description="Triton queue bound per model; 0: none")
     preprocessing_instance_count: int = Field(
-        2, ge=1, le=64, description="two, like postprocessing: see there"
+        2, ge=1, le=64, description="two: a prompt's tokenizing never waits for another's"
     )
     postprocessing_instance_count: int = Field(
-        2,
+        1,
         ge=1,
         le=64,
-        description="two: with one, ~1% of concurrent streams stalled ~0.5 s on a response",
+        description="one: the ensemble pairs a stream's ids and texts in the order each "
+        "arrives, so with several instances a response can carry a neighbour's text "
+        "(Triton refuses preserve_ordering with priority levels); one instance costs ~1% of "
+        "concurrent streams a ~0.5 s stall on a response",
     )
     bls_instance_count: int = Field(1, ge=1, le=64)
     tensorrt_llm_instance_count: int = Field(

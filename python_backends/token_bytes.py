@@ -79,6 +79,11 @@ class Utf8Holdback:
     decode them) runs alongside. Tokens are released up to the first token whose bytes
     the decoder still holds, and only where that is a token boundary: decoding the
     released chunk alone then gives exactly what the whole-stream decode gives for it.
+
+    After every release, what is held is what a fresh holdback holds once the same tokens
+    are pushed into it (a token without bytes just before a split character goes with the
+    tokens before it, as a fresh holdback sends it at once), so a stream continued
+    elsewhere from the tokens sent is cut into the same chunks.
     """
 
     def __init__(self, token_bytes: TokenBytes) -> None:
@@ -102,7 +107,9 @@ class Utf8Holdback:
             else:  # a boundary only where the pending character starts a token
                 settled = self._offset - pending
                 starts = [start for _, start in self._held]
-                cut = starts.index(settled) if settled in starts else 0
+                # The last token there: tokens without bytes just before it go now, as a
+                # fresh holdback (another node's, after a migration) would send them.
+                cut = len(starts) - 1 - starts[::-1].index(settled) if settled in starts else 0
             if cut:
                 ready.extend(t for t, _ in self._held[:cut])
                 del self._held[:cut]

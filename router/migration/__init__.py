@@ -42,6 +42,16 @@ response as it comes. A router-side holdback would differ wherever an engine sen
 characters (TensorRT-LLM streams one token per response, and the unbroken text then has
 U+FFFD where a character spans tokens): exact equality needs the same cuts, not better ones.
 
+Triton's ensemble pairs the outputs of its steps by the order they come in, not by the
+engine response they belong to: with several postprocessing instances a response can
+carry its own ``output_ids`` and the ``text_output`` of a neighbour (the unbroken stream
+then shows two texts swapped, and its concatenation is no longer that of its ids). A cut
+inside such a swap leaves the client with texts beyond the ids it has and without some of
+its ids' texts. The ledger decodes each response's ids and matches the client's texts
+against them (:attr:`Seam.owed`, :attr:`Seam.ahead`); the continuation sends the owed
+texts first and skips the ones the client has when they come, one text per response,
+so every text reaches the client once.
+
 **Exactness.** The continuation reproduces the unbroken run token for token when the
 engine's next token depends only on the context (prompt plus tokens so far), the seed and
 the sampling inputs, as the cpu and sim engines' does: greedy decoding, and seeded sampling

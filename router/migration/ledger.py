@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 from tritonclient.grpc import service_pb2
 
+from python_backends.text_codec import TextDecoder
 from router.migration.resume import (
     ADDED_OUTPUTS_PARAMETER,
     ENGINE_MODEL,
@@ -120,6 +123,10 @@ class StreamLedger:
         self.max_tokens = input_int(request, budget, 0) if self._refusal is None else 0
         self._generated: list[int] = []
         self._text = bytearray()
+        self._bounds: list[tuple[int, int]] = []
+        """Where each response's ids and text end in ``_generated`` and ``_text``."""
+        self._paired = True
+        """Every response with ids carried a text of its own (not accumulated)."""
         self._cum_log_prob: float | None = None
         self._log_prob_sum = 0.0
         self._responses = 0
@@ -165,6 +172,9 @@ class StreamLedger:
         if text is not None:
             data = b"".join(bytes(t) for t in text)
             self._text = bytearray(data) if accumulated else self._text + data
+        if ids is not None:
+            self._paired = self._paired and text is not None and not accumulated
+            self._bounds.append((len(self._generated), len(self._text)))
         if cum is not None and cum.size:
             self._cum_log_prob = float(cum[-1])
         if log_probs is not None:
@@ -250,12 +260,50 @@ class StreamLedger:
     def migratable(self) -> bool:
         return self.why_not is None
 
+    def _unpaired_texts(
+        self, decoder: TextDecoder | None
+    ) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
+        """The texts of the ids sent that the client lacks (in order), and the texts it has
+        beyond those ids: Triton's ensemble can send a response's ``output_ids`` with the
+        ``text_output`` of a later one (see the package docstring, "Text at the seam").
+
+        Each response's ids decode as the postprocessing decodes them; the client's texts
+        are matched against those as multisets, so texts that only came in another order
+        (all of them before the seam) owe nothing.
+        """
+        if decoder is None or self.accumulate_tokens or not self._paired:
+            return (), ()
+        expected: list[bytes] = []
+        start = 0
+        for end, _ in self._bounds:
+            chunk = np.asarray(self._generated[start:end], dtype=np.int64)
+            expected.append(decoder.decode(chunk[None], np.array([chunk.size]))[0])
+            start = end
+        received: Counter[bytes] = Counter()
+        offset = 0
+        for _, until in self._bounds:
+            received[bytes(self._text[offset:until])] += 1
+            offset = until
+        owed: list[bytes] = []
+        for text in expected:
+            if received[text] > 0:
+                received[text] -= 1
+            else:
+                owed.append(text)
+        return tuple(owed), tuple(received.elements())
+
     def continuation(self) -> Continuation:
         """The rest of the stream, for another node; raises :class:`MigrationError`."""
         reason = self.why_not
         if reason is not None:
             raise MigrationError(reason)
         model = self.job.model
+        decoder = (
+            decoder_for(model.config.tokenizer_dir, self.skip_special_tokens)
+            if self.front in TEXT_FRONTS
+            else None
+        )
+        owed, ahead = self._unpaired_texts(decoder)
         seam = Seam(
             front=self.front,
             generated=self.generated,
@@ -265,11 +313,8 @@ class StreamLedger:
             prompt_tokens=len(prompt_ids(self.job)),
             template=self._template,
             accumulate_tokens=self.accumulate_tokens,
-        )
-        decoder = (
-            decoder_for(model.config.tokenizer_dir, self.skip_special_tokens)
-            if self.front in TEXT_FRONTS
-            else None
+            owed=owed,
+            ahead=ahead,
         )
         request = continuation_request(self.job, self._generated, self.remaining)
         return Continuation(request, seam, decoder)

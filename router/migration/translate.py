@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter, deque
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -14,6 +15,9 @@ from python_backends.text_codec import TextDecoder
 from router.wire import NUMPY_TO_TRITON, is_final, read_output, serialize_bytes
 
 FINAL = "triton_final_response"
+AHEAD_WINDOW = 16
+"""Responses after the seam in which a text the client already has (:attr:`Seam.ahead`)
+is looked for: the ensemble's texts run at most a few responses ahead of their ids."""
 
 
 @lru_cache(maxsize=8)
@@ -36,6 +40,10 @@ class Seam:
     """The front's response header: model name and version, request id, parameters."""
     accumulate_tokens: bool
     """BLS ``accumulate_tokens``: each response carries every token so far."""
+    owed: tuple[bytes, ...] = ()
+    """Texts of tokens in :attr:`generated` that the client has not had, in order."""
+    ahead: tuple[bytes, ...] = ()
+    """Texts the client has had beyond :attr:`generated`: those of the next responses."""
 
 
 def add_output(response: service_pb2.ModelInferResponse, name: str, value: np.ndarray) -> None:
@@ -65,6 +73,10 @@ class Continuation:
         self.seam = seam
         self._decoder = decoder
         self._ids = list(seam.generated)
+        self._queue: deque[bytes] = deque(seam.owed)
+        """Texts due to the client, oldest first: each response carries the oldest."""
+        self._ahead = Counter(seam.ahead)
+        self._window = AHEAD_WINDOW if seam.ahead else 0
 
     def translate(
         self, response: service_pb2.ModelInferResponse
@@ -74,7 +86,14 @@ class Continuation:
         final = is_final(response)
         ids = read_output(response, "output_ids")
         if ids is None or not ids.size:
-            return [self._header(final)] if final else []
+            if not final:
+                return []
+            out = self._header(final)
+            if self._queue:  # texts still due go with the end of the stream
+                add_output(out, "text_output", self._text(None, final))
+                add_output(out, "output_ids", np.zeros((1, 1, 0), dtype=np.int32))
+                add_output(out, "sequence_length", np.zeros((1, 1), dtype=np.int32))
+            return [out]
         length = read_output(response, "sequence_length")
         chunk = ids.reshape(-1)
         if length is not None:
@@ -116,4 +135,31 @@ class Continuation:
         if self._decoder is None:
             return values
         text = self._decoder.decode_batch(values["output_ids"], values["sequence_length"])
+        if self._queue or self._ahead:
+            text = self._text(b"".join(text.reshape(-1).tolist()), is_final(response))
         return {"text_output": text, **values}
+
+    def _text(self, decoded: bytes | None, final: bool) -> np.ndarray:
+        """The text a response carries while the seam's texts are settled.
+
+        ``decoded`` (this response's own) joins the queue unless the client already has
+        it (:attr:`Seam.ahead`, looked for in the first :data:`AHEAD_WINDOW` responses);
+        the response carries the oldest text of the queue, the last one all that is left.
+        One text per response keeps the ledger's pairing for a later migration.
+        """
+        if decoded is not None:
+            if self._ahead[decoded] > 0:
+                self._ahead[decoded] -= 1
+                if not self._ahead[decoded]:
+                    del self._ahead[decoded]
+            else:
+                self._queue.append(decoded)
+            self._window -= 1
+            if self._window <= 0:
+                self._ahead.clear()  # the engine went another way: nothing to drop
+        if final:
+            data = b"".join(self._queue)
+            self._queue.clear()
+        else:
+            data = self._queue.popleft() if self._queue else b""
+        return np.array([[data]], dtype=np.object_)

@@ -1,6 +1,7 @@
-"""Mid-stream migration against real cpu-profile tritonserver nodes: a stream cut after k
-responses on node A and continued on node B's tensorrt_llm gives the client the text (and
-token ids) of the unbroken stream, through the router's own node channel."""
+"""Mid-stream migration against real tritonserver nodes: a stream cut after k responses on
+node A and continued on node B's tensorrt_llm gives the client the text (and token ids) of
+the unbroken stream, through the router's own node channel. The cpu profile's nodes, and a
+sim-profile node whose pseudo-text holds tokens back at many seams."""
 
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from clients import ENGINE_SLOTS
-from nodes import serving
+from nodes import serving, sim_params
 from pydantic import SecretStr
 from tritonclient.grpc import service_pb2
 
 from mufleet.node import TritonNode
 from mufleet.repository import RenderParams
+from python_backends.text_codec import TextDecoder
 from router.admission import TenantConfig
 from router.api.openai import TEXT_OUTPUTS, CompletionRequest, ensemble_inputs
 from router.migration import StreamLedger, prepare_request
@@ -47,12 +49,18 @@ def model(tiny_model_dir: Path) -> ServedModel:
     return ServedModel(ModelConfig(name="tiny", tokenizer_dir=tiny_model_dir))
 
 
-def make_job(model: ServedModel, front: str, seed: int | None) -> Job:
+def make_job(
+    model: ServedModel,
+    front: str,
+    seed: int | None,
+    text: str = PROMPT,
+    max_tokens: int = MAX_TOKENS,
+) -> Job:
     """A streamed job as the router's fronts build it: greedy, or seeded sampling."""
     sampling = {"temperature": 0.0} if seed is None else {"temperature": 0.9, "seed": seed}
-    req = CompletionRequest(model="tiny", prompt=PROMPT, stream=True, **sampling)
-    inputs = ensemble_inputs(req, PROMPT, MAX_TOKENS)
-    prompt = model.encode(PROMPT)
+    req = CompletionRequest(model="tiny", prompt=text, stream=True, **sampling)
+    inputs = ensemble_inputs(req, text, max_tokens)
+    prompt = model.encode(text)
     if front == "tensorrt_llm":
         engine = {
             "input_ids": np.array([prompt], dtype=np.int32),
@@ -69,7 +77,7 @@ def make_job(model: ServedModel, front: str, seed: int | None) -> Job:
     else:
         request = build_request(front, inputs, request_id="mig-1", outputs=TEXT_OUTPUTS)
     tenant = TenantConfig(name="acme", api_key=SecretStr("key-acme"), reserved_mu_s=1000.0)
-    return Job(tenant, model, request, prompt, MAX_TOKENS)
+    return Job(tenant, model, request, prompt, max_tokens)
 
 
 async def unbroken(node: TritonNode, job: Job) -> Responses:
@@ -167,3 +175,91 @@ def counts(responses: Responses) -> list[int]:
         for r in responses
         if (v := read_output(r, "num_output_tokens")) is not None
     ]
+
+
+# -- a sim-profile node ------------------------------------------------------------------------
+SIM_PROMPT = "Paris is"
+SIM_MAX_TOKENS = 160
+SIM_CUTS = (1, 2, 15, 16, 17, 20, 43, 44, 45, 49, 50, 100)
+"""Cuts right before, inside and right after responses that join held-back tokens."""
+
+
+def ids_per_response(responses: Responses) -> list[list[int]]:
+    return [
+        [int(t) for t in v.reshape(-1)]
+        for r in responses
+        if (v := read_output(r, "output_ids")) is not None
+    ]
+
+
+def sim_job(model: ServedModel) -> Job:
+    return make_job(model, "ensemble", None, SIM_PROMPT, SIM_MAX_TOKENS)
+
+
+@pytest.fixture(scope="class")
+def sim_node(tiny_model_dir: Path, mufleet_home: Path) -> Iterator[TritonNode]:
+    """One postprocessing instance: with several, Triton's ensemble pairs each response's
+    ``output_ids`` with the next text to be ready, now and then a neighbouring response's,
+    and the unbroken stream would be no reference (the ledger's settling of such texts at
+    the seam is unit-tested)."""
+    params = sim_params(
+        tiny_model_dir, max_batch_size=ENGINE_SLOTS, postprocessing_instance_count=1
+    )
+    with serving("migrate-sim", params, mufleet_home) as node:
+        yield node
+
+
+@pytest.fixture(scope="class")
+def sim_whole(sim_node: TritonNode, model: ServedModel, tiny_model_dir: Path) -> Responses:
+    """The unbroken stream, its texts those of its own ids, with held-back tokens joined
+    where :data:`SIM_CUTS` cut."""
+    responses = asyncio.run(unbroken(sim_node, sim_job(model)))
+    assert is_final(responses[-1])
+    chunks = ids_per_response(responses)
+    decoder = TextDecoder(tiny_model_dir)
+    decoded = [decoder.decode(np.array([c]), np.array([len(c)]))[0].decode() for c in chunks]
+    assert texts(responses) == decoded
+    joined = {i for i, c in enumerate(chunks) if len(c) > 1}
+    assert joined & set(SIM_CUTS)  # the continuation starts by joining held tokens
+    assert joined & {cut - 1 for cut in SIM_CUTS}  # the client's last response joined some
+    return responses
+
+
+class TestSimNode:
+    """The sim engine's pseudo-text has many lone bytes that are not UTF-8 alone, so its
+    streams hold tokens back often. The continuation runs on the same node; the node's
+    failure is what the ledger saw: the first responses of the unbroken stream."""
+
+    @pytest.mark.parametrize("cut", SIM_CUTS)
+    def test_migrated_stream_equals_the_unbroken_one(
+        self, sim_node: TritonNode, model: ServedModel, sim_whole: Responses, cut: int
+    ) -> None:
+        whole = sim_whole
+        job = sim_job(model)
+        prepare_request(job)
+        ledger = StreamLedger(job)
+        client: Responses = []
+        for response in whole[:cut]:
+            ledger.observe(response)
+            client.append(ledger.for_client(response))
+        cont = ledger.continuation()
+        assert cont.seam.owed == cont.seam.ahead == ()
+
+        async def rest() -> Responses:
+            channel = NodeChannel("sim", sim_node.grpc_url)
+            try:
+                return [r async for r in channel.stream(cont.request, 120)]
+            finally:
+                await channel.close()
+
+        for response in asyncio.run(rest()):
+            for out in cont.translate(response):
+                ledger.observe(out)
+                client.append(ledger.for_client(out))
+
+        assert ledger.generated == tuple(token_ids(whole))
+        assert texts(client) == texts(whole)
+        assert counts(client) == counts(whole)
+        assert is_final(client[-1]) and not any(is_final(r) for r in client[:-1])
+        for response in client:
+            assert {o.name for o in response.outputs} <= set(TEXT_OUTPUTS)

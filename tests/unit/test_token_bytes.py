@@ -172,6 +172,18 @@ def test_invalid_bytes_are_not_waited_for() -> None:
     assert holdback.push([A]) == [A]
 
 
+def test_a_token_without_bytes_before_a_split_character_goes_with_what_precedes_it() -> None:
+    """As a fresh holdback would send it: at once, nothing being pending there."""
+    holdback = Utf8Holdback(SYNTHETIC)
+
+    assert holdback.push([LEAD3]) == []
+    assert holdback.push([EMPTY]) == []
+    assert holdback.push([LEAD2]) == [LEAD3, EMPTY]  # the lead byte of three never completed
+    assert holdback.push([CONT2]) == [LEAD2, CONT2]
+    fresh = Utf8Holdback(SYNTHETIC)
+    assert [fresh.push([LEAD2]), fresh.push([CONT2])] == [[], [LEAD2, CONT2]]
+
+
 def test_no_more_than_max_held_tokens_are_held() -> None:
     holdback = Utf8Holdback(TokenBytes([b"\xf0", b"", b"a"]))
 
@@ -196,6 +208,31 @@ def test_a_token_without_bytes_goes_at_once_when_nothing_is_pending() -> None:
 
     assert holdback.push([A]) == [A]
     assert holdback.push([EMPTY]) == [EMPTY]
+
+
+def _streamed_chunks(table: TokenBytes, tokens: list[int]) -> list[list[int]]:
+    """The chunks a streaming engine sends: one push per token, a flush at the end."""
+    holdback = Utf8Holdback(table)
+    chunks = [holdback.push([t]) for t in tokens]
+    chunks[-1] += holdback.flush()
+    return [chunk for chunk in chunks if chunk]
+
+
+def test_a_fresh_holdback_after_any_release_cuts_the_rest_alike() -> None:
+    """What a migrated stream relies on: the tokens after any chunk, streamed through a
+    new holdback (another node's), come out in the chunks of the unbroken stream."""
+    lone = [bytes([b]) for b in (0xC3, 0xD2, 0xE2, 0xE6, 0xF0, 0x80, 0x97, 0xA9, 0xBF, 0xFF)]
+    table = TokenBytes([b"a", b" b", b"", b"\xe6\x97", b"\xa9c", b"\xc3\xa9", *lone])
+    rng = np.random.default_rng(7)
+    for _ in range(400):
+        tokens = [int(t) for t in rng.integers(0, len(table.table), size=int(rng.integers(1, 40)))]
+        chunks = _streamed_chunks(table, tokens)
+        assert [t for chunk in chunks for t in chunk] == tokens
+        sent = 0
+        for index, chunk in enumerate(chunks):
+            sent += len(chunk)
+            if sent < len(tokens):
+                assert _streamed_chunks(table, tokens[sent:]) == chunks[index + 1 :], (tokens, sent)
 
 
 def test_streaming_the_text_token_by_token_never_splits_a_character(

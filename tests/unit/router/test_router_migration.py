@@ -197,13 +197,18 @@ def firsts(responses: Sequence[service_pb2.ModelInferResponse], name: str) -> li
 
 
 def migrate(
-    node: Node, job: Job, cut: int, ledger: StreamLedger | None = None
+    node: Node,
+    job: Job,
+    cut: int,
+    ledger: StreamLedger | None = None,
+    sent: Sequence[service_pb2.ModelInferResponse] | None = None,
 ) -> tuple[list[service_pb2.ModelInferResponse], StreamLedger]:
-    """The client's responses when the stream's node dies after ``cut`` responses."""
+    """The client's responses when the stream's node dies after ``cut`` responses (of
+    ``sent``, when given: what the front sent, else what the emulated front sends)."""
     prepare_request(job)
     ledger = ledger or StreamLedger(job)
     client = []
-    for response in node.front(job)[:cut]:
+    for response in (node.front(job) if sent is None else sent)[:cut]:
         ledger.observe(response)
         client.append(ledger.for_client(response))
     cont = ledger.continuation()
@@ -230,6 +235,124 @@ def test_every_cut_gives_the_unbroken_text_and_chunks(
         assert ledger.generated == tuple(target)
         assert is_final(client[-1]) and not any(is_final(r) for r in client[:-1])
         assert firsts(client, "num_output_tokens") == firsts(unbroken, "num_output_tokens")
+
+
+def retexted(
+    responses: Sequence[service_pb2.ModelInferResponse], texts_of: Mapping[int, bytes]
+) -> list[service_pb2.ModelInferResponse]:
+    """``responses`` with the ``text_output`` of response ``i`` replaced by ``texts_of[i]``."""
+    out = []
+    for index, response in enumerate(responses):
+        if index in texts_of:
+            tensors = {
+                o.name: value
+                for o in response.outputs
+                if (value := read_output(response, o.name)) is not None
+            }
+            tensors["text_output"] = np.array([[texts_of[index]]], dtype=object)
+            response = _response(response.model_name, tensors, is_final(response), response.id)
+        out.append(response)
+    return out
+
+
+def ensemble_race(
+    unbroken: Sequence[service_pb2.ModelInferResponse], at: int, order: Sequence[int]
+) -> list[service_pb2.ModelInferResponse]:
+    """What Triton's ensemble sends when postprocessing instances finish out of order: it
+    pairs the i-th ``output_ids`` with the i-th text to come, so response ``at + i``
+    carries its own ids and the text of response ``at + order[i]``."""
+    chunks = texts(unbroken)
+    return retexted(unbroken, {at + i: chunks[at + j] for i, j in enumerate(order)})
+
+
+@pytest.mark.parametrize("order", [(1, 0), (2, 0, 1), (1, 2, 0), (3, 0, 1, 2)])
+def test_texts_the_ensemble_sent_with_other_ids_are_settled_at_the_seam(
+    model: ServedModel, decoder: TextDecoder, target: list[int], order: tuple[int, ...]
+) -> None:
+    """A cut inside the race: the client has texts of responses beyond the ids it has and
+    lacks some of those ids' texts. The continuation sends the missing ones first and
+    not those the client has: every text once, none lost, none twice."""
+    node = Node(model, decoder, target)
+    unbroken = node.front(openai_job(model, len(target)))
+    at, end = 2, 2 + len(order)
+    sent = ensemble_race(unbroken, at, order)
+    assert len(sent) > end
+
+    for cut in range(1, len(sent)):
+        client, ledger = migrate(node, openai_job(model, len(target)), cut, sent=sent)
+
+        got = texts(client)
+        assert ledger.generated == tuple(target), f"cut after {cut}"
+        assert got[:cut] == texts(sent)[:cut]
+        assert sorted(got) == sorted(texts(unbroken)), f"cut after {cut}: {got}"
+        assert got[end:] == texts(unbroken)[end:]  # in step again after the race
+        if cut <= at:  # the client never saw the race
+            assert got == texts(unbroken)
+        if cut >= end:  # the race lies wholly before the seam: nothing owed
+            assert got == texts(sent)
+        assert firsts(client, "num_output_tokens") == firsts(unbroken, "num_output_tokens")
+        assert is_final(client[-1]) and not any(is_final(r) for r in client[:-1])
+
+
+def test_a_second_failure_while_texts_are_owed_settles_them_too(
+    model: ServedModel, decoder: TextDecoder, target: list[int]
+) -> None:
+    node = Node(model, decoder, target)
+    unbroken = node.front(openai_job(model, len(target)))
+    sent = ensemble_race(unbroken, 1, (3, 0, 1, 2))
+    job = openai_job(model, len(target))
+    prepare_request(job)
+    ledger = StreamLedger(job)
+    client = []
+    for response in sent[:2]:
+        ledger.observe(response)
+        client.append(ledger.for_client(response))
+    first = ledger.continuation()
+    assert first.seam.owed == (texts(unbroken)[1],)
+    assert first.seam.ahead == (texts(unbroken)[4],)
+    for response in node.continuation(first.request)[:1]:  # the second node dies too
+        for out in first.translate(response):
+            ledger.observe(out)
+            client.append(ledger.for_client(out))
+
+    rest, _ = migrate(node, job, 0, ledger)
+
+    assert sorted(texts(client + rest)) == sorted(texts(unbroken))
+    assert ledger.generated == tuple(target)
+
+
+def test_a_text_sent_ahead_that_never_comes_owes_nothing_more(
+    model: ServedModel, decoder: TextDecoder, target: list[int]
+) -> None:
+    """The client got a text the continuation does not make (another engine went another
+    way): the text it lacks still comes, and everything after, in order, the last texts
+    with the final response even when that one has no tokens."""
+    node = Node(model, decoder, target)
+    unbroken = node.front(openai_job(model, len(target)))
+    sent = retexted(unbroken, {1: b"elsewhere"})
+    job = openai_job(model, len(target))
+    prepare_request(job)
+    ledger = StreamLedger(job)
+    client = []
+    for response in sent[:2]:
+        ledger.observe(response)
+        client.append(ledger.for_client(response))
+    cont = ledger.continuation()
+    engine = node.continuation(cont.request)
+    engine[-1].parameters["triton_final_response"].bool_param = False
+    engine.append(_response("tensorrt_llm", None, True, "req-7"))
+
+    for response in engine:
+        for out in cont.translate(response):
+            ledger.observe(out)
+            client.append(ledger.for_client(out))
+
+    chunks = texts(unbroken)
+    assert b"".join(texts(client)) == chunks[0] + b"elsewhere" + b"".join(chunks[1:])
+    assert texts(client)[-1] == chunks[-1]  # the empty final carries what was left
+    assert is_final(client[-1]) and not any(is_final(r) for r in client[:-1])
+    assert ledger.generated == tuple(target)
+    assert ledger.why_not == "the stream has ended"
 
 
 def test_client_gets_only_what_it_listed_whatever_the_call_order(
