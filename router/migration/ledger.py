@@ -133,6 +133,8 @@ class StreamLedger:
         self._ended = False
         self._broken: str | None = None
         self._template = service_pb2.ModelInferResponse(model_name=self.front, id=request.id)
+        self._shaped = False
+        """The template holds a real response's header (one stream's headers do not change)."""
 
     # -- what reached the client --------------------------------------------------------------
     @property
@@ -149,7 +151,7 @@ class StreamLedger:
         """Note one response on its way to the client (a node's, or a translated one)."""
         self._responses += 1
         self._ended = self._ended or is_final(response)
-        if response.outputs:
+        if response.outputs and not self._shaped:
             self._remember_shape(response)
         try:
             ids = _flat(read_output(response, "output_ids"))
@@ -171,7 +173,10 @@ class StreamLedger:
             self._broken = "the node sent text without output_ids (call prepare_request)"
         if text is not None:
             data = b"".join(bytes(t) for t in text)
-            self._text = bytearray(data) if accumulated else self._text + data
+            if accumulated:
+                self._text = bytearray(data)
+            else:
+                self._text += data
         if ids is not None:
             self._paired = self._paired and text is not None and not accumulated
             self._bounds.append((len(self._generated), len(self._text)))
@@ -198,7 +203,10 @@ class StreamLedger:
                     f"a response with {len(chunk)} ids after {had} says num_output_tokens={count}"
                 )
                 return False
-        self._generated = chunk if accumulated else self._generated + chunk
+        if accumulated:
+            self._generated = chunk
+        else:
+            self._generated.extend(chunk)
         return accumulated
 
     def _remember_shape(self, response: service_pb2.ModelInferResponse) -> None:
@@ -211,6 +219,7 @@ class StreamLedger:
         for key, value in response.parameters.items():
             template.parameters[key].CopyFrom(value)
         self._template = template
+        self._shaped = True
 
     def for_client(
         self, response: service_pb2.ModelInferResponse
@@ -229,6 +238,13 @@ class StreamLedger:
                 if index < len(response.raw_output_contents):
                     out.raw_output_contents.append(response.raw_output_contents[index])
         return out
+        raw = response.raw_output_contents
+        for index in range(len(response.outputs) - 1, -1, -1):
+            if response.outputs[index].name not in wanted:
+                del response.outputs[index]
+                if index < len(raw):
+                    del raw[index]
+        return response
 
     # -- migration ------------------------------------------------------------------------------
     @property
