@@ -114,11 +114,14 @@ def test_a_top_priority_stream_starts_ahead_of_a_full_batch(sim_node: TritonNode
     events = _arrivals(sim_node, TOP_PRIORITY_LEVEL)
 
     probe = _first(events, "probe")
-    running = [f"long{i}" for i in range(SLOTS)]
-    queued = [f"long{i}" for i in range(SLOTS, SLOTS + QUEUED)]
-    assert all(probe < _final(events, rid) for rid in running), events[: probe + 1]
-    assert all(probe < _first(events, rid) for rid in queued), events[: probe + 1]
-    assert _final(events, "probe") < min(_final(events, rid) for rid in running)
+    # Which long streams won the slots depends on the order they reached the engine, so
+    # the claim is about counts: no more than SLOTS of them started before the probe (none
+    # of the queued ones), and none of those had finished.
+    started = {rid for rid, _ in events[:probe] if rid.startswith("long")}
+    assert len(started) <= SLOTS, events[: probe + 1]
+    assert all(probe < _final(events, rid) for rid in started), events[: probe + 1]
+    longs = [f"long{i}" for i in range(SLOTS + QUEUED)]
+    assert _final(events, "probe") < min(_final(events, rid) for rid in longs)
 
 
 def test_an_ordinary_stream_waits_behind_the_queue(sim_node: TritonNode) -> None:
