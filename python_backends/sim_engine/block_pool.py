@@ -96,19 +96,32 @@ class BlockPool:
         Unless ``use_reserve``, the allocation must leave :attr:`reserved_blocks` free.
         """
         hashes = block_hashes(prompt, self.block_tokens)
+        return self.try_allocate_blocks(hashes, reserve_tokens, use_reserve)
+
+    def try_allocate_blocks(
+        self, hashes: Sequence[int], reserve_tokens: int, use_reserve: bool = False
+    ) -> Allocation | None:
+        """:meth:`try_allocate` for a prompt given by its full blocks' chained hashes.
+
+        The fleet simulator calls this directly with hashes derived from a trace's prefix
+        ids; the engine calls it through :meth:`try_allocate` with hashes of real tokens.
+        """
         matched = hashes[: self.match(hashes)]
         needed = self.blocks_for(reserve_tokens) - len(matched)
-        reusable_idle = sum(1 for h in matched if h in self._idle)
+        idle = self._idle
+        reusable_idle = sum(1 for h in matched if h in idle) if idle else 0
         # Every idle block not being reused can be evicted to make room.
         held_back = 0 if use_reserve else self.reserved_blocks
         if self.total_blocks - self.used - reusable_idle - held_back < needed:
             return None
+        refs = self._refs
         for h in matched:
-            if h in self._idle:
-                del self._idle[h]
-            self._refs[h] = self._refs.get(h, 0) + 1
-        while self.total_blocks - self.used - len(self._idle) < needed:
-            self._idle.popitem(last=False)
+            if h in idle:
+                del idle[h]
+            refs[h] = refs.get(h, 0) + 1
+        excess = self.used + needed + len(idle) - self.total_blocks
+        for _ in range(max(excess, 0)):
+            idle.popitem(last=False)
         self._private += needed
         self.reused_blocks += len(matched)
         return Allocation(cached_blocks=list(matched), private_blocks=needed)
@@ -119,29 +132,41 @@ class BlockPool:
         As in TensorRT-LLM, a request arriving while an earlier one with the same prefix
         is still generating reuses the prefix computed by the earlier one.
         """
-        hashes = block_hashes(prompt, self.block_tokens)
+        self.publish_blocks(allocation, block_hashes(prompt, self.block_tokens))
+
+    def publish_blocks(self, allocation: Allocation, hashes: Sequence[int]) -> None:
+        """:meth:`publish` for a prompt given by its full blocks' chained hashes."""
+        refs = self._refs
         for h in hashes[len(allocation.cached_blocks) :]:
             if allocation.private_blocks == 0:
                 break
             # A block someone else already published is shared and ours is freed.
             self._idle.pop(h, None)
-            self._refs[h] = self._refs.get(h, 0) + 1
+            refs[h] = refs.get(h, 0) + 1
             allocation.cached_blocks.append(h)
             allocation.private_blocks -= 1
             self._private -= 1
 
     def release(self, allocation: Allocation, tokens: Sequence[int]) -> None:
         """Free a finished sequence's blocks, keeping its full blocks cached for reuse."""
+        self.release_blocks(allocation, block_hashes(tokens, self.block_tokens))
+
+    def release_blocks(self, allocation: Allocation, hashes: Sequence[int]) -> None:
+        """:meth:`release` for a sequence given by its full blocks' chained hashes."""
+        refs, idle = self._refs, self._idle
         for h in allocation.cached_blocks:
-            self._refs[h] -= 1
-            if self._refs[h] == 0:
-                del self._refs[h]
-                self._idle[h] = None
+            refs[h] -= 1
+            if refs[h] == 0:
+                del refs[h]
+                idle[h] = None
         self._private -= allocation.private_blocks
-        for h in block_hashes(tokens, self.block_tokens)[: allocation.total]:
-            if h in self._refs:
+        # The cached blocks lead ``hashes`` (matched, then published, in order) and are
+        # idle now unless shared: only the blocks past them are new to the cache.
+        for h in hashes[len(allocation.cached_blocks) : allocation.total]:
+            if h in refs:
                 continue
-            self._idle[h] = None
-            self._idle.move_to_end(h)
-        while self.used + len(self._idle) > self.total_blocks:
-            self._idle.popitem(last=False)
+            idle[h] = None
+            idle.move_to_end(h)
+        excess = self.used + len(idle) - self.total_blocks
+        for _ in range(max(excess, 0)):
+            idle.popitem(last=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,6 +30,38 @@ class StepTiming(BaseModel):
             + self.per_decode_seq_us * 1e-6 * generating
             + self.per_context_token_ns * 1e-9 * context_tokens
         )
+
+    def decode_run_s(self, steps: int, generating: int, context_tokens: int) -> float:
+        """Seconds of ``steps`` back-to-back decode-only iterations, in closed form.
+
+        ``context_tokens`` is the contexts' total at the first iteration; each iteration
+        adds one token to each of the ``generating`` sequences. Equal to the sum of
+        :meth:`iteration_s` over the run, so an event-driven fleet simulator can jump over
+        a run in one step and still keep the engine's timeline.
+        """
+        first = self.iteration_s(0, generating, context_tokens)
+        growth = self.per_context_token_ns * 1e-9 * generating
+        return steps * first + growth * steps * (steps - 1) / 2
+
+    def decode_steps_within(self, seconds: float, generating: int, context_tokens: int) -> int:
+        """How many whole decode-only iterations (:meth:`decode_run_s`) end within ``seconds``."""
+        if seconds <= 0:
+            return 0
+        first = self.iteration_s(0, generating, context_tokens)
+        half_growth = self.per_context_token_ns * 1e-9 * generating / 2
+        linear = first - half_growth
+        if half_growth <= 0:
+            steps = int(seconds / first) if first > 0 else 0
+        else:
+            root = (-linear + math.sqrt(linear * linear + 4 * half_growth * seconds)) / (
+                2 * half_growth
+            )
+            steps = int(root)
+        while steps > 0 and self.decode_run_s(steps, generating, context_tokens) > seconds:
+            steps -= 1
+        while self.decode_run_s(steps + 1, generating, context_tokens) <= seconds:
+            steps += 1
+        return steps
 
 
 class KvCacheSpec(BaseModel):

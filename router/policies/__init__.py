@@ -25,13 +25,16 @@ from router.policies.scoring import PolicyParams, ScoringPolicy  # isort: split
 
 # Importing a policy module registers it.
 from router.policies import (
+    dynamo_kv,
     least_projected_mu,
     least_request,
+    llmd_scorers,
     mu_cost,
     power_of_two,
     prefix_aware,
     round_robin,
     session_affinity,
+    sglang_cache_aware,
 )
 from router.policies.prefix import PrefixIndex, block_hashes
 
@@ -51,12 +54,15 @@ __all__ = [
     "ScoringPolicy",
     "block_hashes",
     "build_policy",
+    "dynamo_kv",
     "least_projected_mu",
     "least_request",
+    "llmd_scorers",
     "mu_cost",
     "power_of_two",
     "prefix_aware",
     "register",
     "round_robin",
     "session_affinity",
+    "sglang_cache_aware",
 ]
