@@ -273,6 +273,13 @@ class CostModel:
         busy = _busy_s(self._c, float(prompt_tokens), float(cached_tokens), output)
         return busy * self.capacity_mu_s
 
+    def prefill_mu(self, prompt_tokens: int, cached_tokens: int = 0) -> float:
+        """The part of a request's MU that its prompt costs (what is done by its first token)."""
+        c = self._c
+        uncached = max(prompt_tokens - cached_tokens, 0)
+        busy = c.prefill_token_s * uncached + c.cached_token_s * cached_tokens
+        return busy * self.capacity_mu_s
+
     def actual(self, shape: RequestShape) -> float:
         """MU of the request as it actually ran (the reconciled charge)."""
         return self.mu(shape)

@@ -61,6 +61,8 @@ class AttemptHooks(Protocol):
 
     def attempt_started(self, job: Job, view: RequestView, node: str, now: float) -> None: ...
 
+    def first_token(self, job: Job, view: RequestView, node: str) -> None: ...
+
     def attempt_ended(self, job: Job, view: RequestView, node: str, outcome: Outcome) -> None: ...
 
 
@@ -166,6 +168,7 @@ class Forwarder:
                 async for response in self._guarded(stream, attempt, deadline, job):
                     if ttft is None:
                         ttft = time.perf_counter() - started
+                        self.hooks.first_token(job, view, node)
                     outs = [response] if translate is None else translate(response)
                     for out in outs:
                         ledger.observe(out)

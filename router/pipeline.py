@@ -262,6 +262,14 @@ class Pipeline:
         self.table.start(node, job.request_id, view.mu_by_pair.get(self.node_pairs[node], 0.0), now)
         self._gauges(node)
 
+    def first_token(self, job: Job, view: RequestView, node: str) -> None:
+        """The prompt is prefilled: the node's ledger keeps only the decode share."""
+        pair = self.node_pairs[node]
+        held = view.mu_by_pair.get(pair, 0.0)
+        self.table.first_token(
+            node, job.request_id, held - self.costs[pair].prefill_mu(view.prompt_tokens)
+        )
+
     def attempt_ended(self, job: Job, view: RequestView, node: str, outcome: Outcome) -> None:
         outcome.actual_mu = self._actual(job, outcome, node)
         now = self.clock()

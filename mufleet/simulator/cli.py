@@ -76,7 +76,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     sim.add_argument("--duration", type=float, help="seconds of arrivals per run (default: all)")
     sim.add_argument("--max-tokens", type=int, default=2048, help="max_tokens of every request")
     sim.add_argument("--no-search", action="store_true", help="skip the rate search")
-    sim.add_argument("--search-runs", type=int, default=10, help="runs per rate search")
+    sim.add_argument("--search-runs", type=int, default=12, help="runs per rate search")
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--out", type=Path, default=Path("sim-out"))
     sim.set_defaults(func=cmd_simulate)

@@ -36,7 +36,7 @@ class Experiment:
     duration_s: float | None = None
     """Simulated seconds of arrivals per run (default: the trace's whole span)."""
     search: bool = True
-    search_runs: int = 10
+    search_runs: int = 12
     seed: int = 0
     settings: SimSettings = field(default_factory=SimSettings)
     faults: FaultPlan | None = None

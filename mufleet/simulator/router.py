@@ -159,6 +159,20 @@ class SimRouter:
         self._open[request.index] = _InFlight(view, ticket, name, row)
         return row
 
+    def first_token(self, request: SimRequest, now: float) -> None:
+        """``request`` streams: the table keeps only its decode share in flight."""
+        item = self._open.get(request.index)
+        if item is None:
+            return
+        view = item.view
+        pair = self.node_pairs[item.row]
+        decode = view.mu_by_pair[pair] - self.costs[pair].prefill_mu(view.prompt_tokens)
+        before = self.table.entry(item.node).inflight_mu
+        self.table.first_token(item.node, view.request_id, decode)
+        after = self.table.entry(item.node).inflight_mu
+        self.inflight_mu = max(self.inflight_mu - (before - after), 0.0)
+        self.refresh(item.row)
+
     def finished(self, request: SimRequest, now: float) -> None:
         """``request`` ended on its node: free the ledger, settle the actual MU."""
         item = self._open.pop(request.index)

@@ -38,6 +38,12 @@ ORACLE = "oracle"
 
 Progress = Callable[[str], None]
 
+METRICS_REFRESH_S = {"llmd_scorers": 0.05}
+"""Policies whose router refreshes model-server metrics faster than mufleet's (1 s):
+llm-d's endpoint picker polls every 50 ms by default (``DefaultRefreshMetricsInterval``,
+kubernetes-sigs/gateway-api-inference-extension ``pkg/epp/server/runserver.go``). Its
+queue and KV scorers read nothing else, so it is simulated with its own refresh."""
+
 
 @dataclass(frozen=True)
 class SimSettings:
@@ -50,6 +56,9 @@ class SimSettings:
     kv_block_tokens: int | None = None
     """KV block of the simulated pools (default: the trace's prefix block, else the
     profile's)."""
+    discharge_prefill: bool = True
+    """At a request's first token, keep only its decode share in the node's in-flight MU
+    (as the service does)."""
     progress_every_s: float = 5.0
     """Wall seconds between progress lines."""
 
@@ -95,6 +104,8 @@ class RunResult:
     node_capacity: list[float]
     node_mu: list[float]
     """Actual MU served per node."""
+    node_busy_s: list[float]
+    """Seconds each node's engine spent iterating."""
     tenants: dict[str, TenantTotals]
     wall_s: float
     events: int
@@ -124,7 +135,8 @@ def simulate(
     costs = [router.costs[p] for p in router.node_pairs]
 
     def on_first_token(request: SimRequest, now: float) -> None:
-        return None
+        if settings.discharge_prefill:
+            router.first_token(request, now)
 
     def on_finish(request: SimRequest, now: float) -> None:
         router.finished(request, now)
@@ -173,7 +185,7 @@ def simulate(
     requests = workload.trace.requests
     n, i, events = len(arrivals), 0, 0
     next_scrape = 0.0
-    interval = settings.scrape_interval_s
+    interval = METRICS_REFRESH_S.get(policy_name, settings.scrape_interval_s)
     next_progress = started + settings.progress_every_s
     inf = math.inf
     while True:
@@ -237,6 +249,7 @@ def simulate(
         node_names=list(router.names),
         node_capacity=list(router.capacity),
         node_mu=node_mu,
+        node_busy_s=[node.busy_s for node in nodes],
         tenants=router.totals,
         wall_s=time.perf_counter() - started,
         events=events,

@@ -29,7 +29,7 @@ def search_rate(
     *,
     target: float = 0.9,
     step: float = 1.5,
-    rel_tol: float = 0.05,
+    rel_tol: float = 0.02,
     max_runs: int = 12,
 ) -> RateSearch:
     """Search ``attainment_at(rate)`` for the highest rate with attainment ≥ ``target``."""

@@ -136,16 +136,17 @@ class BlockPool:
 
     def publish_blocks(self, allocation: Allocation, hashes: Sequence[int]) -> None:
         """:meth:`publish` for a prompt given by its full blocks' chained hashes."""
-        refs = self._refs
-        for h in hashes[len(allocation.cached_blocks) :]:
-            if allocation.private_blocks == 0:
-                break
+        refs, idle = self._refs, self._idle
+        cached = allocation.cached_blocks
+        take = hashes[len(cached) : len(cached) + allocation.private_blocks]
+        for h in take:
             # A block someone else already published is shared and ours is freed.
-            self._idle.pop(h, None)
+            if h in idle:
+                del idle[h]
             refs[h] = refs.get(h, 0) + 1
-            allocation.cached_blocks.append(h)
-            allocation.private_blocks -= 1
-            self._private -= 1
+        cached.extend(take)
+        allocation.private_blocks -= len(take)
+        self._private -= len(take)
 
     def release(self, allocation: Allocation, tokens: Sequence[int]) -> None:
         """Free a finished sequence's blocks, keeping its full blocks cached for reuse."""

@@ -263,6 +263,23 @@ class NodeTable:
         e.changed()
         return mu
 
+    def first_token(self, node: str, request_id: str, remaining_mu: float) -> None:
+        """``request_id``'s prefill is done on ``node``: it holds ``remaining_mu`` from now.
+
+        In-flight MU is the work still to do, so a request that streams keeps only its
+        decode share; a node busy decoding long answers is not mistaken for one with as
+        many prompts still to prefill. Never raises what a request holds.
+        """
+        e = self._entries.get(node)
+        held = None if e is None else e.inflight.get(request_id)
+        if e is None or held is None or not remaining_mu < held:
+            return
+        remaining = max(remaining_mu, 0.0)
+        e.inflight[request_id] = remaining
+        e.inflight_mu = max(e.inflight_mu - (held - remaining), 0.0)
+        e.mu_finished += held - remaining
+        e.changed()
+
     def note_progress(self, node: str, now: float) -> None:
         """A response arrived from ``node`` (cheap: called for every streamed token)."""
         self._entries[node].last_token_at = now

@@ -229,6 +229,16 @@ def test_mu_of_standard_mix_is_pair_independent() -> None:
 # ---------------------------------------------------------------- estimate
 
 
+def test_prefill_mu_is_the_prompt_part_of_the_price() -> None:
+    model = CostModel(_profile())
+    # With no output, a request's MU is its base cost plus its prompt.
+    base = model.mu(RequestShape(0, 0))
+    assert model.prefill_mu(300, cached_tokens=100) == pytest.approx(
+        model.mu(RequestShape(300, 0, 100)) - base
+    )
+    assert model.prefill_mu(300) > model.prefill_mu(300, cached_tokens=100) > 0
+
+
 def test_estimate_defaults_to_max_tokens() -> None:
     model = CostModel(_profile())
     assert model.estimate(100, 50, cached_tokens=40) == pytest.approx(

@@ -181,6 +181,25 @@ def test_start_finish_counts_requests_and_mu() -> None:
     assert table.entry("node1").inflight_mu == 10.0
 
 
+def test_first_token_keeps_only_the_decode_share_in_flight() -> None:
+    table = make_table()
+    table.start("node0", "r1", 120.0, now=1.0)
+    table.start("node0", "r2", 30.0, now=1.0)
+    before = table.snapshot_of("node0", 1.0)
+    table.first_token("node0", "r1", 20.0)
+    e = table.entry("node0")
+    assert (e.inflight_mu, table.inflight("node0")["r1"]) == (50.0, 20.0)
+    assert table.snapshot_of("node0", 1.0).inflight_mu == 50.0 != before.inflight_mu
+    table.first_token("node0", "r1", 90.0)  # never raised again
+    table.first_token("node0", "gone", 1.0)  # unknown request: nothing
+    table.first_token("nodeX", "r1", 1.0)  # unknown node: nothing
+    assert e.inflight_mu == 50.0
+    assert table.finish("node0", "r1", now=2.0) == 20.0
+    assert table.finish("node0", "r2", now=2.0) == 30.0
+    # Everything started counts as finished once the requests end.
+    assert (e.inflight_mu, e.mu_started, e.mu_finished) == (0.0, 150.0, 150.0)
+
+
 def test_ledger_is_idempotent() -> None:
     table = make_table()
     table.start("node0", "r1", 100.0, now=0.0)
