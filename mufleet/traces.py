@@ -18,6 +18,7 @@ Files may be gzip-compressed (``.gz``).
 
 from __future__ import annotations
 
+import calendar
 import csv
 import gzip
 import io
@@ -156,9 +157,10 @@ def _read_mooncake(path: Path) -> list[tuple[float, int, int, tuple[int, ...]]]:
 
 
 def _parse_azure_time(text: str) -> float:
-    # 7 fractional digits: more than fromisoformat takes before Python 3.11.
+    # 7 fractional digits: more than fromisoformat takes before Python 3.11. The stamps
+    # carry no zone; read as UTC, so no daylight-saving change can shift them.
     head, _, frac = text.strip().partition(".")
-    stamp = datetime.strptime(head, "%Y-%m-%d %H:%M:%S").timestamp()
+    stamp = calendar.timegm(datetime.strptime(head, "%Y-%m-%d %H:%M:%S").timetuple())
     return stamp + (float("0." + frac) if frac else 0.0)
 
 
@@ -185,7 +187,7 @@ def load_trace(path: str | Path, *, seed: int = 0, spread: bool = True) -> Trace
     """Read a Mooncake JSONL or Azure CSV trace (optionally ``.gz``).
 
     ``spread`` spreads the requests of a quantised timestamp over its bucket with a
-    ``seed``-ed RNG (the order of requests is kept within the bucket's sorted draw).
+    ``seed``-ed RNG; within a bucket, requests are then ordered by their draw.
     """
     path = Path(path)
     if not path.is_file():

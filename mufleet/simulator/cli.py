@@ -91,9 +91,17 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     except (TraceError, FleetSpecError, SloError, FaultSpecError) as exc:
         print(f"mufleet simulate: {exc}", file=sys.stderr)
         return 2
-    if args.max_tokens < 1:
-        print("mufleet simulate: --max-tokens must be >= 1", file=sys.stderr)
-        return 2
+    problems = [
+        ("--max-tokens must be >= 1", args.max_tokens < 1),
+        ("--nodes must be >= 1", args.nodes < 1),
+        ("--rate-scale must be > 0", args.rate_scale is not None and not args.rate_scale > 0),
+        ("--duration must be > 0", args.duration is not None and not args.duration > 0),
+        ("--search-runs must be >= 2", args.search_runs < 2),
+    ]
+    for message, failed in problems:
+        if failed:
+            print(f"mufleet simulate: {message}", file=sys.stderr)
+            return 2
     experiment = Experiment(
         trace=trace,
         fleet=fleet,

@@ -4,7 +4,7 @@
   failure). It lasts ``DURATION`` seconds or until the node is restarted.
 * ``kill`` — the server process dies: readiness is refused and the work on it is gone
   until the router notices; a restart brings it back.
-* ``slowF`` (e.g. ``slow5``) — every iteration takes F times as long, for ``DURATION``
+* ``slowF`` (e.g. ``slow5``, F ≥ 1) — every iteration takes F times as long, for ``DURATION``
   seconds (default: the rest of the run). No probe fails; only routing can react.
 
 ``NODE`` is a node index (0-based, in fleet order).
@@ -18,8 +18,10 @@ from dataclasses import dataclass
 
 __all__ = ["Fault", "FaultPlan", "FaultSpecError", "parse_faults"]
 
+_NUMBER = r"[0-9]+(?:\.[0-9]+)?"
 _ITEM = re.compile(
-    r"^(hang|kill|slow(?P<factor>[0-9.]+)):(?P<node>\d+)@(?P<start>[0-9.]+)(\+(?P<dur>[0-9.]+))?$"
+    rf"^(hang|kill|slow(?P<factor>{_NUMBER})):(?P<node>[0-9]+)@(?P<start>{_NUMBER})"
+    rf"(?:\+(?P<dur>{_NUMBER}))?$"
 )
 
 
@@ -63,8 +65,8 @@ def parse_faults(spec: str, nodes: int) -> FaultPlan:
         factor = 1.0
         if kind.startswith("slow"):
             factor = float(match["factor"])
-            if factor <= 0:
-                raise FaultSpecError(f"fault {item!r}: the slowdown factor must be > 0")
+            if factor < 1:
+                raise FaultSpecError(f"fault {item!r}: the slowdown factor must be >= 1")
             kind = "slow"
         duration = float(match["dur"]) if match["dur"] else math.inf
         faults.append(Fault(kind, node, float(match["start"]), duration, factor))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -34,6 +35,7 @@ from router.policies import NodeState
 __all__ = ["HealthTimings", "SimHealth"]
 
 Reroute = Callable[[SimRequest, float], None]
+Schedule = Callable[[SimNode], None]
 
 
 @dataclass(frozen=True)
@@ -53,14 +55,18 @@ class SimHealth:
         nodes: list[SimNode],
         plan: FaultPlan,
         reroute: Reroute,
+        schedule: Schedule,
         config: HealthConfig | None = None,
         timings: HealthTimings | None = None,
+        seed: int = 0,
     ) -> None:
         self.router = router
         self.nodes = nodes
         self.config = config or HealthConfig()
         self.timings = timings or HealthTimings()
         self.reroute = reroute
+        self.schedule = schedule
+        """Puts a node's new run end on the simulator's event queue."""
         self.machine = HealthMachine(
             router.table, self.config.machine, on_transition=self._transition
         )
@@ -73,6 +79,7 @@ class SimHealth:
         self._probing: set[int] = set()
         self._restarting: set[int] = set()
         self.plan = plan
+        self._rng = random.Random(seed)
         for i, fault in enumerate(plan.faults):
             self._push(fault.start_s, "start", i)
             if math.isfinite(fault.end_s):
@@ -108,31 +115,33 @@ class SimHealth:
         node = self.nodes[fault.node]
         self.log.append({"t": now, "node": node.name, "event": f"{fault.kind} starts"})
         if fault.kind == "slow":
-            node.slowdown = fault.factor
+            node.set_slowdown(fault.factor, now)
+            self.schedule(node)
             return
-        if fault.kind == "hang":
-            self.hung.add(fault.node)
-            node.set_hung(True, now)
-        else:
-            self.dead.add(fault.node)
-            node.set_hung(True, now)
+        (self.hung if fault.kind == "hang" else self.dead).add(fault.node)
+        node.set_hung(True, now)
+        self.schedule(node)
         self._watch(fault.node, now)
 
     def _on_end(self, index: int, now: float) -> None:
         fault: Fault = self.plan.faults[index]
         node = self.nodes[fault.node]
         if fault.kind == "slow":
-            node.slowdown = 1.0
+            node.set_slowdown(1.0, now)
         elif fault.kind == "hang" and fault.node in self.hung:
             self.hung.discard(fault.node)
             node.set_hung(False, now)
+        self.schedule(node)
         self.log.append({"t": now, "node": node.name, "event": f"{fault.kind} ends"})
 
     # -- probes ---------------------------------------------------------------------------
     def _watch(self, node: int, now: float) -> None:
+        """Probe ``node`` from now on; the first probe comes at the probes' own cadence,
+        a seeded random phase of the interval after the fault began."""
         if node not in self._probing:
             self._probing.add(node)
-            self._push(now, "probe", node)
+            interval = min(self.config.canary.interval_s, self.config.readiness.interval_s)
+            self._push(now + self._rng.random() * interval, "probe", node)
 
     def _on_probe(self, node: int, now: float) -> None:
         name = self.nodes[node].name
@@ -204,6 +213,7 @@ class SimHealth:
             self.router.evicted(request, now)
             self.reroute(request, now)
         node.set_hung(False, now)
+        self.schedule(node)
         self.log.append({"t": now, "node": node.name, "event": "restarted"})
         self._act(self.machine.restart_finished(node.name, True, "restarted", now), now)
         self._watch(row, now)

@@ -62,6 +62,8 @@ def parse_slo(spec: str | None) -> Slo:
         field = names.get(key.strip())
         if not sep or field is None:
             raise SloError(f"--slo takes {', '.join(names)} as key=duration, got {part!r}")
+        if field in values:
+            raise SloError(f"--slo names {key.strip()!r} twice")
         values[field] = _seconds(value)
     try:
         return Slo(**values)
@@ -121,6 +123,7 @@ def summarize(result: RunResult, slo: Slo, warmup_s: float | None = None) -> dic
             "shed_mu": t.shed_mu,
             "admitted": t.admitted,
             "shed": t.shed,
+            "unroutable": t.unroutable,
         }
         for name, t in result.tenants.items()
     }

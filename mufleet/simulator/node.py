@@ -239,6 +239,14 @@ class SimNode:
         elif self._run_end is None:
             self._start(now)
 
+    def set_slowdown(self, factor: float, now: float) -> None:
+        """Iterations take ``factor`` times as long from the next iteration boundary."""
+        if factor == self.slowdown:
+            return
+        if self._run_end is not None and self._run_decode_only and self._run_steps > 1:
+            self._cut_run(now)  # at the old pace, up to the boundary after now
+        self.slowdown = factor
+
     def evict_all(self) -> list[SimRequest]:
         """Take every request off the node (a cordon or restart); its KV cache is lost.
 
@@ -250,6 +258,7 @@ class SimNode:
             streamed = request.output_tokens - (request.finish_step - self.steps)
             request.prompt_tokens += streamed
             request.output_tokens -= streamed
+            request.max_tokens -= streamed  # as the router's continuation asks for
             request.moved_tokens += streamed
             taken.append(request)
         for request in self._run_prefill:  # their first token never came
@@ -347,6 +356,18 @@ class SimNode:
             self._run_steps = steps
             self._run_end = self._run_start + seconds * self.slowdown
 
+    def _final_hashes(self, request: SimRequest) -> tuple[int, ...]:
+        """The finished sequence's full blocks: its prompt's, then blocks of its own output.
+
+        The engine caches the generated tokens' blocks too (they take LRU room); nobody
+        else shares them, so their hashes need only be unique.
+        """
+        full = (request.prompt_tokens + request.output_tokens) // self.pool.block_tokens
+        extra = full - len(request.hashes)
+        if extra <= 0:
+            return request.hashes
+        return request.hashes + tuple(hash((-1, request.index, j)) for j in range(extra))
+
     def _finish_run(self, now: float) -> None:
         self.busy_s += now - self._run_start
         self.steps += self._run_steps
@@ -378,6 +399,6 @@ class SimNode:
             request.finish_s = now
             allocation = request.allocation
             if allocation is not None:
-                self.pool.release_blocks(allocation, request.hashes)
+                self.pool.release_blocks(allocation, self._final_hashes(request))
                 request.allocation = None
             self.on_finish(request, now)

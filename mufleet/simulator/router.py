@@ -46,6 +46,8 @@ class TenantTotals:
     shed_mu: float = 0.0
     admitted: int = 0
     shed: int = 0
+    unroutable: int = 0
+    """Admitted, then refused for want of a routable node (503)."""
 
 
 @dataclass
@@ -123,10 +125,17 @@ class SimRouter:
             totals.shed_mu += estimate
             request.shed = True
             return None
+        request.level = self.priorities.level(tenant.tier, estimate, 0.0, tenant.max_priority)
+        try:
+            row = self._dispatch(request, now, mu_by_pair, ticket, block_hashes, block_size)
+        except NoCandidateError:  # the service answers 503: no routable node
+            self.admission.refund(ticket, now)
+            totals.unroutable += 1
+            request.shed = True
+            return None
         totals.admitted += 1
         totals.admitted_mu += estimate
-        request.level = self.priorities.level(tenant.tier, estimate, 0.0, tenant.max_priority)
-        return self._dispatch(request, now, mu_by_pair, ticket, block_hashes, block_size)
+        return row
 
     def _dispatch(
         self,

@@ -179,7 +179,11 @@ def simulate(
         nodes[row].submit(request, now)
         schedule(nodes[row])
 
-    health = SimHealth(router, nodes, faults, reroute) if faults is not None else None
+    health = (
+        SimHealth(router, nodes, faults, reroute, schedule, seed=workload.seed)
+        if faults is not None
+        else None
+    )
 
     arrivals = workload.arrivals()
     requests = workload.trace.requests

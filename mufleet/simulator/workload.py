@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import random
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,7 +28,26 @@ from python_backends.sim_engine.block_pool import BlockPool
 __all__ = ["GLOBAL_ID_SHARE", "Arrival", "Workload", "kv_hit_bound"]
 
 GLOBAL_ID_SHARE = 0.01
-"""A prefix id in at least this share of requests is common to all copies of the trace."""
+"""A prefix id that this share of the trace's requests continue in different ways (and at
+least two) is common to all copies of the trace."""
+
+
+def global_ids(trace: Trace) -> frozenset[int]:
+    """Prefix ids shared by different conversations: a system prompt, not a history.
+
+    A conversation's earlier turns are continued one way (by its next turn); a system
+    prompt is continued by many different conversations. So an id counts as global when
+    the requests holding it go on with at least ``max(2, GLOBAL_ID_SHARE × requests)``
+    distinct next ids (or end there).
+    """
+    successors: dict[int, set[int]] = {}
+    for request in trace.requests:
+        ids = request.hash_ids
+        for position, h in enumerate(ids):
+            following = ids[position + 1] if position + 1 < len(ids) else -1
+            successors.setdefault(h, set()).add(following)
+    floor = max(2.0, GLOBAL_ID_SHARE * len(trace))
+    return frozenset(h for h, after in successors.items() if len(after) >= floor)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,14 +84,15 @@ class Workload:
                 f"KV block of {self.pool_block_tokens} tokens must divide the trace's "
                 f"{self.trace_block_tokens}-token prefix blocks"
             )
-        span = trace.duration_s + (trace.bucket_s or 0.0)
+        # The span a copy wraps round: the last bucket's width, or one mean gap, past the
+        # last arrival (so that copy 0's last request does not wrap to t = 0).
+        gap = trace.duration_s / max(len(trace) - 1, 1)
+        span = trace.duration_s + (trace.bucket_s or gap)
         self.span_s = max(span, 1e-9)
         self.duration_s = min(duration_s or math.inf, self.span_s / self.compression)
         rng = random.Random(seed)
         self.offsets = [0.0] + [rng.random() * self.span_s for _ in range(self.copies - 1)]
-        counts = Counter(h for r in trace.requests for h in set(r.hash_ids))
-        floor = GLOBAL_ID_SHARE * len(trace)
-        self.global_ids = frozenset(h for h, n in counts.items() if n >= floor)
+        self.global_ids = global_ids(trace)
 
     @property
     def rate_rps(self) -> float:
@@ -112,20 +131,28 @@ class Workload:
     def kv_hit_bound(self, max_copies: int = 8) -> float:
         """The KV token hit rate of this request stream on one node with an infinite cache.
 
-        Copies share only the global ids, so the bound is taken per copy (over the first
-        ``max_copies`` of them: each is a window of the same trace) and pooled.
+        Taken over the first ``max_copies`` copies (each is a window of the same trace;
+        they share only the global ids), fed to one cache in arrival order.
         """
-        if not self.trace_block_tokens:
+        block = self.trace_block_tokens
+        if not block:
             return 0.0
         requests = self.trace.requests
-        by_copy: dict[int, list[int]] = {}
-        for a in self.arrivals():
-            if a.copy < max_copies:
-                by_copy.setdefault(a.copy, []).append(a.index)
+        seen: set[int] = set()
         hit = total = 0
-        for indexes in by_copy.values():
-            h, t = _prefix_hits([requests[i] for i in indexes], self.trace_block_tokens)
-            hit, total = hit + h, total + t
+        for a in self.arrivals():
+            if a.copy >= max_copies:
+                continue
+            request = requests[a.index]
+            hashes = self.hashes(a.copy, a.index)
+            matched = 0
+            for h in hashes:
+                if h not in seen:
+                    break
+                matched += 1
+            seen.update(hashes)
+            hit += min(matched * self.pool_block_tokens, request.input_tokens - 1)
+            total += request.input_tokens
         return hit / total if total else 0.0
 
 
@@ -168,9 +195,9 @@ def fleet_cache_bound(workload: Workload, kv_tokens: int, max_copies: int = 8) -
     running. With ``k`` copies, the first ``max_copies`` are fed into a cache scaled by the
     same share, which holds the same seconds of traffic.
     """
-    block = workload.trace_block_tokens
-    if not block:
+    if not workload.trace_block_tokens:
         return 0.0
+    block = workload.pool_block_tokens
     copies = min(workload.copies, max_copies)
     tokens = int(kv_tokens * copies / workload.copies)
     pool = BlockPool(max(tokens // block, 1), block)

@@ -178,6 +178,7 @@ class SimEngine(EngineLoop[_SimSequence]):
                 context += seq.context
                 delivering.append(seq)
         if prefill_tokens == 0 and generating == 0:
+            self._timeline = float("-inf")  # idle time is not lag to make up
             self._refresh_stats()
             return 0.0
         emulated = self.config.profile.step.iteration_s(prefill_tokens, generating, context)

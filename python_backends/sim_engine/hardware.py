@@ -7,6 +7,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+ENDLESS_STEPS = 2**62
+"""What :meth:`StepTiming.decode_steps_within` answers when iterations take no time."""
+
 
 class StepTiming(BaseModel):
     """Duration of one inflight-batching iteration.
@@ -50,6 +53,8 @@ class StepTiming(BaseModel):
         first = self.iteration_s(0, generating, context_tokens)
         half_growth = self.per_context_token_ns * 1e-9 * generating / 2
         linear = first - half_growth
+        if first <= 0:
+            return ENDLESS_STEPS  # iterations that take no time: any number fits
         if half_growth <= 0:
             steps = int(seconds / first) if first > 0 else 0
         else:
