@@ -126,14 +126,36 @@ class EngineShape:
     block_tokens: int
 
     @classmethod
-    def of(cls, profile: HardwareProfile, block_tokens: int | None = None) -> EngineShape:
-        """The profile's engine; ``block_tokens`` coarsens the KV block (same capacity in
-        tokens) so that a trace whose prefixes are known per 512-token block needs 16 times
-        fewer block operations."""
+    def of(
+        cls,
+        profile: HardwareProfile,
+        block_tokens: int | None = None,
+        *,
+        max_num_sequences: int | None = None,
+        time_scale: float = 1.0,
+    ) -> EngineShape:
+        """The profile's engine, or an engine started with other settings.
+
+        ``block_tokens`` coarsens the KV block (same capacity in tokens), so that a trace
+        whose prefixes are known per 512-token block needs 16 times fewer block operations.
+        ``max_num_sequences`` caps the batch as a node started with a smaller one does;
+        ``time_scale`` stretches every iteration as the sim engine's ``--time-scale`` does.
+        """
         kv = profile.kv_cache
+        step = profile.step
+        if time_scale != 1.0:
+            step = StepTiming(
+                base_ms=step.base_ms * time_scale,
+                per_prefill_token_us=step.per_prefill_token_us * time_scale,
+                per_decode_seq_us=step.per_decode_seq_us * time_scale,
+                per_context_token_ns=step.per_context_token_ns * time_scale,
+            )
+        sequences = profile.max_num_sequences
+        if max_num_sequences is not None:
+            sequences = min(sequences, max_num_sequences)
         return cls(
-            step=profile.step,
-            max_num_sequences=profile.max_num_sequences,
+            step=step,
+            max_num_sequences=sequences,
             max_num_tokens=profile.max_num_tokens,
             kv_tokens=kv.total_blocks * kv.block_tokens,
             block_tokens=block_tokens or kv.block_tokens,

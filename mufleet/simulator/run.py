@@ -47,8 +47,13 @@ queue and KV scorers read nothing else, so it is simulated with its own refresh.
 
 @dataclass(frozen=True)
 class SimSettings:
-    max_tokens: int = 2048
-    """``max_tokens`` of every request (a trace has none); engines reserve KV for it."""
+    max_tokens: int | None = 2048
+    """``max_tokens`` of every request (a trace has none); engines reserve KV for it.
+    ``None``: each request's own output length, as a client that knows its budget."""
+    max_num_sequences: int | None = None
+    """Cap the engines' batch below their hardware profile's (a node started so)."""
+    time_scale: float = 1.0
+    """Stretch every iteration, as the sim engine's ``--time-scale`` does."""
     scrape_interval_s: float = 1.0
     reserve_factor: float = 2.0
     """The trace's tenant reserves this many times the fleet's calibrated MU/s, so that
@@ -148,7 +153,12 @@ def simulate(
 
     nodes: list[SimNode] = []
     for g in fleet.groups:
-        shape = EngineShape.of(g.hardware, settings.kv_block_tokens or workload.pool_block_tokens)
+        shape = EngineShape.of(
+            g.hardware,
+            settings.kv_block_tokens or workload.pool_block_tokens,
+            max_num_sequences=settings.max_num_sequences,
+            time_scale=settings.time_scale,
+        )
         for _ in range(g.count):
             i = len(nodes)
             nodes.append(SimNode(i, router.names[i], shape, on_first_token, on_finish))
@@ -192,6 +202,7 @@ def simulate(
     interval = METRICS_REFRESH_S.get(policy_name, settings.scrape_interval_s)
     next_progress = started + settings.progress_every_s
     inf = math.inf
+    budget = settings.max_tokens
     while True:
         ta = arrivals[i].time_s if i < n else inf
         tn = heap[0][0] if heap else inf
@@ -228,8 +239,8 @@ def simulate(
             i - 1,
             ta,
             trace_request.input_tokens,
-            min(trace_request.output_tokens, settings.max_tokens),
-            settings.max_tokens,
+            min(trace_request.output_tokens, budget or trace_request.output_tokens),
+            budget or trace_request.output_tokens,
             hashes,
             tenant.name,
             0,
