@@ -89,7 +89,10 @@ class Workload:
         gap = trace.duration_s / max(len(trace) - 1, 1)
         span = trace.duration_s + (trace.bucket_s or gap)
         self.span_s = max(span, 1e-9)
-        self.duration_s = min(duration_s or math.inf, self.span_s / self.compression)
+        lap_s = self.span_s / self.compression
+        self.duration_s = lap_s if duration_s is None else duration_s
+        self.laps = max(1, math.ceil(self.duration_s / lap_s))
+        """Longer than the trace: laps follow each other, each with copies of its own."""
         rng = random.Random(seed)
         self.offsets = [0.0] + [rng.random() * self.span_s for _ in range(self.copies - 1)]
         self.global_ids = global_ids(trace)
@@ -102,11 +105,13 @@ class Workload:
         """Every arrival within ``duration_s``, in time order (ties by copy, then index)."""
         out: list[Arrival] = []
         span, c, end = self.span_s, self.compression, self.duration_s
-        for copy, offset in enumerate(self.offsets):
-            for index, request in enumerate(self.trace.requests):
-                t = (request.arrival_s + offset) % span / c
-                if t < end:
-                    out.append(Arrival(t, copy, index))
+        for lap in range(self.laps):
+            for k, offset in enumerate(self.offsets):
+                copy = lap * self.copies + k
+                for index, request in enumerate(self.trace.requests):
+                    t = ((request.arrival_s + offset) % span + lap * span) / c
+                    if t < end:
+                        out.append(Arrival(t, copy, index))
         out.sort(key=lambda a: (a.time_s, a.copy, a.index))
         return out
 
