@@ -47,11 +47,11 @@ class Config:
 CONFIGS = (
     Config("mooncake_h100x16", MOONCAKE, f"{H100}:16", 600),
     Config("mooncake_h100x64", MOONCAKE, f"{H100}:64", 300),
-    Config("mooncake_h100x512", MOONCAKE, f"{H100}:512", 120, loads="1.0", search_runs=8),
-    Config("mooncake_hetero_12h100_4a100", MOONCAKE, f"{H100}:12,{A100}:4", 600),
-    Config("azure_conv_h100x16", CONV, f"{H100}:16", 300),
-    Config("azure_conv_hetero_12h100_4a100", CONV, f"{H100}:12,{A100}:4", 300),
-    Config("azure_code_h100x16", CODE, f"{H100}:16", 300),
+    Config("mooncake_h100x512", MOONCAKE, f"{H100}:512", 60, loads="1.0", search_runs=7),
+    Config("mooncake_hetero_12h100_4a100", MOONCAKE, f"{H100}:12,{A100}:4", 600, "0.5,1.0", 10),
+    Config("azure_conv_h100x16", CONV, f"{H100}:16", 120, "0.5,1.0", 8),
+    Config("azure_conv_hetero_12h100_4a100", CONV, f"{H100}:12,{A100}:4", 120, "0.5,1.0", 8),
+    Config("azure_code_h100x16", CODE, f"{H100}:16", 120, "0.5,1.0", 8),
 )
 
 

@@ -80,6 +80,8 @@ class SimHealth:
         self._restarting: set[int] = set()
         self.plan = plan
         self._rng = random.Random(seed)
+        self._recovered: dict[int, float] = {}
+        """Fault index → when its node was healthy again."""
         for i, fault in enumerate(plan.faults):
             self._push(fault.start_s, "start", i)
             if math.isfinite(fault.end_s):
@@ -89,6 +91,11 @@ class SimHealth:
         self, node: str, old: NodeState, new: NodeState, reason: str, now: float
     ) -> None:
         self.log.append({"t": now, "node": node, "event": f"{old.value} → {new.value}: {reason}"})
+        if new is NodeState.HEALTHY:
+            row = self.router.rows[node]
+            for i, fault in enumerate(self.plan.faults):
+                if fault.node == row and fault.start_s <= now and i not in self._recovered:
+                    self._recovered[i] = now
 
     # -- the event queue --------------------------------------------------------------------
     def _push(self, at: float, kind: str, arg: int) -> None:
@@ -99,8 +106,12 @@ class SimHealth:
         return self._events[0][0] if self._events else math.inf
 
     def windows(self) -> list[tuple[float, float]]:
-        """When each fault was in force (to the end of its restart or duration)."""
-        return [(f.start_s, f.end_s) for f in self.plan.faults]
+        """When each fault was in force: from its start until its node was healthy again
+        (or its duration ran out, for a fault no probe sees)."""
+        return [
+            (f.start_s, min(f.end_s, self._recovered.get(i, math.inf)))
+            for i, f in enumerate(self.plan.faults)
+        ]
 
     def fire(self, now: float) -> None:
         """Handle every event due at ``now``."""

@@ -111,7 +111,10 @@ def test_a_hang_is_cordoned_restarted_and_trusted_again(loaded: tuple[FleetSpec,
     moved = [r for r in result.requests if r.node == 1 and r.retries == 0]
     assert any(r.retries > 0 for r in result.requests)  # the hung node's work was moved
     assert moved  # and the node served again after its restart
-    assert result.fault_windows == [(8.0, math.inf)]
+    healthy_again = next(
+        e["t"] for e in result.health_log if e["node"] == name and "→ healthy" in str(e["event"])
+    )
+    assert result.fault_windows == [(8.0, healthy_again)]  # in force until healthy again
 
 
 def test_a_kill_is_cordoned_restarted_and_trusted_again(
