@@ -7,7 +7,7 @@ NODES ?= 2
 # The local fleet keeps its state (router.yaml with the tenant keys, renders, logs) here.
 export MUFLEET_HOME ?= $(CURDIR)/.mufleet
 
-.PHONY: install run model test lint typecheck unit integration bench clean
+.PHONY: install run model test lint typecheck unit integration bench load clean
 
 install: $(STAMP)
 
@@ -31,7 +31,7 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 typecheck: install
-	$(VENV)/bin/mypy mufleet router python_backends bench
+	$(VENV)/bin/mypy mufleet router python_backends bench loadtests
 
 unit: install
 	$(PY) -m pytest tests/unit
@@ -44,6 +44,14 @@ test: lint typecheck
 
 bench: model
 	$(PY) bench/ensemble_overhead.py
+
+# A Locust scenario against the fleet `make run` started (in another terminal); the report
+# folder is printed at the end. E.g. `make load SCENARIO=trace USERS=64 DURATION=120`.
+SCENARIO ?= mixed
+DURATION ?= 60
+load: install
+	$(VENV)/bin/mufleet load --scenario $(SCENARIO) --duration $(DURATION) \
+		$(if $(USERS),--users $(USERS)) $(LOAD_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -28,7 +28,6 @@ from mufleet.cli import main as mufleet_main
 TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
 MOONCAKE = TRACES / "mooncake_conversation_trace.first40min.jsonl.gz"
 CONV = TRACES / "AzureLLMInferenceTrace_conv.before_1855.csv.gz"
-CODE = TRACES / "AzureLLMInferenceTrace_code.before_1855.csv.gz"
 H100 = "llama-3.1-8b_h100-sxm_tp1"
 A100 = "llama-3.1-8b_a100-sxm-80gb_tp1"
 LOADS = "0.5,0.8,1.0,1.2"
@@ -47,11 +46,10 @@ class Config:
 CONFIGS = (
     Config("mooncake_h100x16", MOONCAKE, f"{H100}:16", 600),
     Config("mooncake_h100x64", MOONCAKE, f"{H100}:64", 300),
-    Config("mooncake_h100x512", MOONCAKE, f"{H100}:512", 60, loads="1.0", search_runs=7),
     Config("mooncake_hetero_12h100_4a100", MOONCAKE, f"{H100}:12,{A100}:4", 600, "0.5,1.0", 10),
     Config("azure_conv_h100x16", CONV, f"{H100}:16", 120, "0.5,1.0", 8),
     Config("azure_conv_hetero_12h100_4a100", CONV, f"{H100}:12,{A100}:4", 120, "0.5,1.0", 8),
-    Config("azure_code_h100x16", CODE, f"{H100}:16", 120, "0.5,1.0", 8),
+    Config("mooncake_h100x512", MOONCAKE, f"{H100}:512", 60, loads="1.0", search_runs=7),
 )
 
 

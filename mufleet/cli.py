@@ -432,10 +432,12 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--quick", action="store_true", help="a smaller sweep")
     cal.set_defaults(func=cmd_calibrate)
     from mufleet.gpu.cli import add_commands as add_gpu_commands
+    from mufleet.load.cli import add_commands as add_load_commands
     from mufleet.simulator.cli import add_commands as add_simulator_commands
 
     add_gpu_commands(sub)
     add_simulator_commands(sub)
+    add_load_commands(sub)
     return parser
 
 
