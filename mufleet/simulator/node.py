@@ -212,6 +212,7 @@ class SimNode:
         self._run_end: float | None = None
         self._run_prefill: list[SimRequest] = []
         self._run_decode_only = False
+        self._gauges = (0, 0, 0)
 
     # -- what the router's scrape sees ---------------------------------------------------------
     @property
@@ -223,8 +224,15 @@ class SimNode:
         return len(self._prefilling) + len(self._decoding)
 
     @property
-    def kv_used_blocks(self) -> int:
-        return self.pool.used
+    def gauges(self) -> tuple[int, int, int]:
+        """(waiting, active, KV blocks used) as the engine last exported them.
+
+        The sim engine refreshes its ``nv_trt_llm_*`` gauges once per iteration, at its end
+        (so do TensorRT-LLM's iteration statistics): a request that arrived during an
+        iteration reads as waiting until the *next* one ends, although it was admitted when
+        that one began. A scrape reads these, never the live queue.
+        """
+        return self._gauges
 
     # -- events ------------------------------------------------------------------------------
     def next_event(self) -> float | None:
@@ -248,6 +256,7 @@ class SimNode:
         if self._run_end is None:
             return
         self._finish_run(now)
+        self._gauges = (len(self._waiting), self.active, self.pool.used)
         self._start(now)
 
     def set_hung(self, hung: bool, now: float) -> None:
@@ -291,6 +300,7 @@ class SimNode:
         self._run_prefill = []
         kv = self.pool
         self.pool = BlockPool(kv.total_blocks, kv.block_tokens, TOP_PRIORITY_RESERVE_TOKENS)
+        self._gauges = (0, 0, 0)
         for request in taken:
             request.allocation = None
             request.node = -1

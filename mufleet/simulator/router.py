@@ -235,18 +235,19 @@ class SimRouter:
 
     # -- scrapes --------------------------------------------------------------------------------
     def scrape(self, nodes: Sequence[SimNode], now: float) -> None:
-        """One scrape of every node's engine figures into the table."""
+        """One scrape of every node's engine figures (as of each one's last iteration)."""
         table = self.table
         for name, node in zip(self.names, nodes, strict=True):
             pool = node.pool
+            waiting, active, kv_used = node.gauges
             metrics = NodeMetrics(
                 scraped_at=now,
                 pending=0,
-                active=node.active,
+                active=active,
                 max_sequences=node.shape.max_num_sequences,
-                waiting=node.waiting,
+                waiting=waiting,
                 kv_blocks_max=pool.total_blocks,
-                kv_blocks_used=pool.used,
+                kv_blocks_used=kv_used,
                 kv_tokens_per_block=pool.block_tokens,
             )
             table.update_metrics(name, metrics)

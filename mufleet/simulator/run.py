@@ -127,11 +127,18 @@ def simulate(
     settings: SimSettings | None = None,
     faults: FaultPlan | None = None,
     progress: Progress | None = None,
+    policy: Policy | None = None,
 ) -> RunResult:
-    """Replay ``workload`` over ``fleet`` routed by ``policy_name``; every request ends."""
+    """Replay ``workload`` over ``fleet`` routed by ``policy_name``; every request ends.
+
+    ``policy``: a policy object to use instead of building ``policy_name`` (which then only
+    names it in the result), e.g. one that replays another run's placements.
+    """
     settings = settings or SimSettings()
     started = time.perf_counter()
-    policy, knows_output = make_policy(policy_name)
+    knows_output = False
+    if policy is None:
+        policy, knows_output = make_policy(policy_name)
     tenant = default_tenant(fleet, settings)
     router = SimRouter(fleet, policy, [tenant], knows_output=knows_output)
     block_size = workload.trace_block_tokens or 16
