@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from nodes import sim_params
 from routed import Router, routing
+from synthetic_trace import mooncake_trace
 
 from mufleet.node import NodePorts, TritonNode
 from mufleet.repository import render
@@ -29,12 +30,6 @@ from mufleet.triton_dist import locate
 
 pytestmark = pytest.mark.triton
 
-TRACE = (
-    Path(__file__).resolve().parents[3]
-    / "shared"
-    / "traces"
-    / "mooncake_conversation_trace.first40min.jsonl.gz"
-)
 REQUEST_TYPES = {"openai", "grpc"}
 """The Locust row types that are requests (the others are LLM metrics)."""
 
@@ -116,10 +111,10 @@ def test_shared_hash_ids_are_cached_tokens_on_a_sim_node(
     assert reused == 3, "96 shared tokens after the BOS: three 32-token KV blocks"
 
 
-@pytest.mark.skipif(not TRACE.exists(), reason="the shared Mooncake trace is not here")
 def test_a_short_headless_run_writes_the_report(
     load_router: Router, load_nodes: list[TritonNode], mufleet_home: Path, tmp_path: Path
 ) -> None:
+    trace = mooncake_trace(tmp_path)
     out = tmp_path / "report"
     reused_before = sum(_reused_blocks(n) for n in load_nodes)
     command = [
@@ -144,7 +139,7 @@ def test_a_short_headless_run_writes_the_report(
         "--router-config",
         str(load_router.config),
         "--trace",
-        str(TRACE),
+        str(trace),
         "--rate-scale",
         "2",
         "--slo-ttft-ms",

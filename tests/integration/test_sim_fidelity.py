@@ -16,12 +16,13 @@ KV pool or batch limit that differs turns queueing on or off, and a unit error i
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
+from synthetic_trace import mooncake_trace
 
 from mufleet.replay import (
-    DEFAULT_TRACE,
     FleetShape,
     SliceSpec,
     build_items,
@@ -47,11 +48,11 @@ SLICE = SliceSpec(
 )
 
 
-@pytest.mark.skipif(not DEFAULT_TRACE.is_file(), reason="the shared Mooncake trace is absent")
 def test_simulator_tracks_the_real_fleet(tiny_model_dir: Path, tmp_path: Path) -> None:
-    items = build_items(SLICE, load_tokenizer(tiny_model_dir))
+    spec = dataclasses.replace(SLICE, trace=mooncake_trace(tmp_path))
+    items = build_items(spec, load_tokenizer(tiny_model_dir))
     assert len(items) == 40
-    simulated = simulate_items(items, SHAPE, SLICE.block_tokens)
+    simulated = simulate_items(items, SHAPE, spec.block_tokens)
     # Two postprocessing instances: with one, a streamed response can wait for the next
     # batch of tokens (bench/results/sim_fidelity/SECTION.md), which the simulator does not
     # model.
