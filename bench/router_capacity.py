@@ -36,7 +36,7 @@ Where the router's time goes, two ways:
   runs), grouped by package, with its top functions.
 
 Writes ``bench/results/router_capacity.json``; prints progress to stderr and Markdown
-tables to stdout. Targets (the issue's): at least 2,000 routed requests/s and a
+tables to stdout. Targets: at least 2,000 routed requests/s and a
 router / direct throughput ratio of at least 0.95.
 """
 

@@ -24,7 +24,7 @@ the throughput ratio router / direct and the router's CPU µs per request.
 
 Writes ``bench/results/router_overhead.json`` and ``router_overhead.png`` (latency
 percentiles, router vs direct, per concurrency); Markdown tables on stdout, progress on
-stderr. Targets (the issue's): added p50 ≤ 0.3 ms, throughput ≥ 0.95× direct.
+stderr. Targets: added p50 ≤ 0.3 ms, throughput ≥ 0.95× direct.
 """
 
 from __future__ import annotations
