@@ -113,6 +113,11 @@ class MachineConfig(_Strict):
     verdict_ttl_s: float = Field(
         10.0, gt=0, description="a suspect verdict not renewed for this long lapses"
     )
+    corroborated_fail: bool = Field(
+        True,
+        description="one failed canary is a fail while another source (silent traffic, "
+        "metrics without progress) already suspects the node",
+    )
     probation_canaries: int = Field(3, ge=1, description="passing canaries in a row")
     ramp_start: float = Field(0.25, gt=0, le=1, description="trust right after probation")
     ramp_s: float = Field(30.0, ge=0, description="seconds from ramp_start to full trust")

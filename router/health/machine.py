@@ -11,7 +11,10 @@ The rules:
 
 * **healthy / suspect**: the worst live verdict decides. ``suspect`` makes the node suspect
   (still routable at ``suspect_weight`` of its capacity) and asks for a confirming canary
-  now; ``fail`` cordons it (its work is evicted, streams migrated) and schedules a restart;
+  now (and again after each canary it fails, so confirmation never waits for the cadence);
+  a canary failure that another source's live suspicion corroborates (real traffic silent,
+  metrics without progress) counts as ``fail`` when ``corroborated_fail`` is on; ``fail``
+  cordons it (its work is evicted, streams migrated) and schedules a restart;
   ``drain`` cordons it without touching its streams and without a restart (a fatal GPU XID
   is not fixed by restarting Triton). Verdicts lapse after ``verdict_ttl_s`` unless renewed.
 * **No cascade**: a node is taken out only while fewer than ``max_out_fraction`` of the
@@ -114,7 +117,16 @@ class HealthMachine:
             return []
         state = entry.state
         if state in (NodeState.HEALTHY, NodeState.SUSPECT):
-            return self._judge(signal.node, now)
+            actions = self._judge(signal.node, now)
+            confirm = ProbeNow(signal.node, "canary")
+            if (
+                signal.source == "canary"
+                and signal.verdict is Verdict.SUSPECT
+                and self.table.state(signal.node) is NodeState.SUSPECT
+                and confirm not in actions
+            ):
+                actions.append(confirm)
+            return actions
         if state is NodeState.RESTARTING:
             if (
                 signal.source == "readiness"
@@ -227,6 +239,9 @@ class HealthMachine:
                 self._move(node, NodeState.HEALTHY, "recovered: every probe passes", now)
             return []
         why = f"{worst.source}: {worst.reason}"
+        corroborated = self._corroborated(h)
+        if corroborated is not None:
+            worst, why = corroborated, f"{corroborated.source}: {corroborated.reason}"
         if worst.verdict in (Verdict.FAIL, Verdict.DRAIN):
             if self.out_count() < self.out_limit():
                 return self._cordon(node, worst, now)
@@ -236,6 +251,26 @@ class HealthMachine:
             )
         changed = self._move(node, NodeState.SUSPECT, why, now)
         return [ProbeNow(node, "canary")] if changed else []
+
+    def _corroborated(self, h: NodeHealth) -> Signal | None:
+        """A failed canary plus another source's suspicion, as one ``fail`` signal."""
+        canary = h.verdicts.get("canary")
+        if not self.config.corroborated_fail or canary is None:
+            return None
+        if canary.verdict is not Verdict.SUSPECT:
+            return None
+        others = [s for src, s in h.verdicts.items() if src != "canary" and s.verdict.rank >= 1]
+        if not others:
+            return None
+        other = max(others, key=lambda s: (s.verdict.rank, s.at))
+        return Signal(
+            canary.node,
+            "canary",
+            Verdict.FAIL,
+            f"{canary.reason}, corroborated by {other.source}: {other.reason}",
+            canary.at,
+            latency_s=canary.latency_s,
+        )
 
     def _cordon(self, node: str, signal: Signal, now: float) -> list[Action]:
         h = self.health[node]

@@ -48,6 +48,40 @@ def test_the_worst_live_verdict_rules() -> None:
     assert table.state("node0") is NodeState.SUSPECT  # passive still suspects it
 
 
+def test_a_failed_canary_asks_for_the_next_one_at_once() -> None:
+    table, m = fleet()
+    actions = m.observe(sig("node0", "canary", Verdict.SUSPECT, 1.0, "late (1× in a row)"), 1.0)
+    assert table.state("node0") is NodeState.SUSPECT
+    assert actions == [ProbeNow("node0", "canary")]
+    # Still suspect, the canary fails again before its cadence: confirm again right away.
+    actions = m.observe(sig("node0", "canary", Verdict.SUSPECT, 1.8, "late"), 1.8)
+    assert actions == [ProbeNow("node0", "canary")]
+
+
+def test_a_failed_canary_that_silent_traffic_corroborates_is_a_fail() -> None:
+    table, m = fleet()
+    m.observe(sig("node0", "passive", Verdict.SUSPECT, 1.0, "nothing received"), 1.0)
+    assert table.state("node0") is NodeState.SUSPECT
+    actions = m.observe(sig("node0", "canary", Verdict.SUSPECT, 1.8, "no first token"), 1.8)
+    assert table.state("node0") is NodeState.RESTARTING
+    assert isinstance(actions[0], Evict)
+    assert "corroborated by passive: nothing received" in actions[0].reason
+
+
+def test_corroboration_can_be_turned_off() -> None:
+    table, m = fleet(corroborated_fail=False)
+    m.observe(sig("node0", "passive", Verdict.SUSPECT, 1.0), 1.0)
+    m.observe(sig("node0", "canary", Verdict.SUSPECT, 1.8), 1.8)
+    assert table.state("node0") is NodeState.SUSPECT
+
+
+def test_suspicion_without_a_failed_canary_is_not_corroboration() -> None:
+    table, m = fleet()
+    m.observe(sig("node0", "passive", Verdict.SUSPECT, 1.0), 1.0)
+    m.observe(sig("node0", "metrics", Verdict.SUSPECT, 1.1), 1.1)
+    assert table.state("node0") is NodeState.SUSPECT
+
+
 def test_fail_cordons_evicts_streams_and_restarts_at_once() -> None:
     table, m = fleet()
     actions = m.observe(sig("node1", "canary", Verdict.FAIL, 5.0, "no first token"), 5.0)
