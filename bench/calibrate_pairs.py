@@ -1,7 +1,7 @@
 """Calibrate several (model, hardware) pairs side by side, first one as the MU reference.
 
     python bench/calibrate_pairs.py                     # the shipped sim pairs + the cpu engine
-    python bench/calibrate_pairs.py --pairs sim:llama-3.1-8b_h100-sxm_tp1:4 cpu
+    python bench/calibrate_pairs.py --pairs sim:llama-3.1-8b_h100-sxm_tp1 cpu --repeat 3
 
 Each pair is served by a fresh local node (``sim:PROFILE:TIME_SCALE`` or ``cpu``),
 calibrated with ``mufleet calibrate``'s procedure, and written to ``profiles/PAIR.json``
@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
+
+from calibration_repro import table
 
 from mufleet.calibration.report import write_report
 from mufleet.calibration.run import Calibration, CalibrationSettings, Calibrator
@@ -29,19 +31,17 @@ from python_backends.sim_engine.hardware import HardwareProfile, resolve_profile
 from router.cost_model import SLO, PairProfile
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCH_LEVELS = [1, 2, 4, 8, 16, 32]
-"""Concurrency levels of the capacity search: past 32 the host, not the emulated GPU,
-would set the pace (every request crosses the Python pre/post-processing steps)."""
 DEFAULT_PAIRS = (
-    "sim:llama-3.1-8b_h100-sxm_tp1:8",
-    "sim:llama-3.1-70b_h100-sxm_tp4:4",
-    "sim:llama-3.1-8b_a100-sxm-80gb_tp1:4",
-    "sim:llama-3.1-8b_h200-sxm_tp1:8",
-    "sim:llama-3.1-70b_h100-sxm_tp8:4",
+    "sim:llama-3.1-8b_h100-sxm_tp1",
+    "sim:llama-3.1-70b_h100-sxm_tp4",
+    "sim:llama-3.1-8b_a100-sxm-80gb_tp1",
+    "sim:llama-3.1-8b_h200-sxm_tp1",
+    "sim:llama-3.1-70b_h100-sxm_tp8",
     "cpu",
 )
-"""Time scales keep each emulated GPU's request rate within what the host's Python
-pre/post-processing relays (a few dozen requests/s), so the host does not set the pace."""
+"""Each node starts as ``mufleet triton --profile sim --hardware-profile P`` starts it (time
+scale 1, the profile's engine limits); the calibration slows the emulation by itself
+wherever the host falls behind."""
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,9 @@ class PairSpec:
 def parse_pair(text: str, tokenizer_dir: Path) -> PairSpec:
     """``cpu`` or ``sim:PROFILE[:TIME_SCALE]``."""
     if text == "cpu":
-        params = RenderParams(profile="cpu", tokenizer_dir=tokenizer_dir, max_batch_size=32)
-        return PairSpec("tiny-llama_cpu-2core", params)
+        return PairSpec(
+            "tiny-llama_cpu-2core", RenderParams(profile="cpu", tokenizer_dir=tokenizer_dir)
+        )
     kind, _, rest = text.partition(":")
     if kind != "sim" or not rest:
         raise SystemExit(f"pair {text!r}: expected 'cpu' or 'sim:PROFILE[:TIME_SCALE]'")
@@ -66,7 +67,6 @@ def parse_pair(text: str, tokenizer_dir: Path) -> PairSpec:
         tokenizer_dir=tokenizer_dir,
         hardware_profile=path.resolve(),
         max_context=hardware.max_context,
-        max_batch_size=256,
         time_scale=float(scale or 1.0),
     )
     return PairSpec(hardware.name, params)
@@ -88,13 +88,12 @@ def calibrate_pair(
         facts = server_facts(node.grpc_url)
         settings = CalibrationSettings(
             url=node.grpc_url,
-            model="ensemble",
+            metrics_url=node.metrics_url,
             pair=spec.name,
             slo=slo,
             tokenizer_dir=spec.params.tokenizer_dir,
             corpus=CORPUS_PATH,
-            sweep=replace(QUICK_SWEEP, levels=BENCH_LEVELS) if quick else FULL_SWEEP,
-            time_scale=facts.time_scale,
+            sweep=QUICK_SWEEP if quick else FULL_SWEEP,
             block_tokens=facts.block_tokens,
             hardware=facts.hardware,
             model_name=facts.model,
@@ -162,22 +161,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--slo-ttft-p99-ms", type=float, default=1000.0)
     parser.add_argument("--slo-tpot-p99-ms", type=float, default=30.0)
     parser.add_argument("--full", action="store_true", help="the full sweep (slower)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="calibrations per pair, each on a fresh node; the first is saved as the profile "
+        "and the spread goes to reproducibility.md",
+    )
     parser.add_argument("--profiles-dir", type=Path, default=ROOT / "profiles")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "calibration")
     args = parser.parse_args(argv)
     slo = SLO(ttft_p99_s=args.slo_ttft_p99_ms / 1e3, tpot_p99_s=args.slo_tpot_p99_ms / 1e3)
     tokenizer_dir = default_model_dir()
     results: list[Calibration] = []
+    runs_by_pair: dict[str, list[Calibration]] = {}
     reference: PairProfile | None = None
+    args.out.mkdir(parents=True, exist_ok=True)
     for k, text in enumerate(args.pairs, start=1):
         spec = parse_pair(text, tokenizer_dir)
-        print(f"=== pair {k}/{len(args.pairs)}: {spec.name}", flush=True)
-        cal = calibrate_pair(spec, slo, reference, not args.full, args.out)
+        runs = runs_by_pair.setdefault(spec.name, [])
+        for repeat in range(1, args.repeat + 1):
+            print(f"=== pair {k}/{len(args.pairs)}: {spec.name}, run {repeat}/{args.repeat}")
+            runs.append(calibrate_pair(spec, slo, reference, not args.full, args.out))
+            if args.repeat > 1:
+                (args.out / "reproducibility.md").write_text(table(runs_by_pair) + "\n")
+        cal = runs[0]
         reference = reference or cal.profile
         cal.profile.save(args.profiles_dir / f"{spec.name}.json")
         write_report(cal, args.profiles_dir / spec.name / "report")
         results.append(cal)
-        args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "summary.md").write_text(summary(results) + "\n")
         plot(results, args.out / "summary.png")
     print(summary(results))

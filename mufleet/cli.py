@@ -25,7 +25,12 @@ def _add_repository_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--tokenizer-dir", type=Path, help="HF tokenizer (default: --model-dir)")
     parser.add_argument("--engine-dir", type=Path, help="TensorRT-LLM engine (trtllm profile)")
-    parser.add_argument("--max-batch-size", type=int, default=8)
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        help="sequences in flight per engine (default: sim, the hardware profile's "
+        "max_num_sequences; cpu, 8); a sim value that differs from the profile is logged",
+    )
     parser.add_argument("--engine-threads", type=int, default=1, help="torch threads (cpu)")
     parser.add_argument(
         "--hardware-profile",
@@ -299,38 +304,6 @@ def cmd_fault(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_calibrate(args: argparse.Namespace) -> int:
-    from mufleet.calibration.report import write_report
-    from mufleet.calibration.run import CalibrationSettings, Calibrator
-    from mufleet.calibration.server_facts import server_facts
-    from mufleet.calibration.workload import FULL_SWEEP, QUICK_SWEEP
-    from mufleet.tiny_model import CORPUS_PATH, default_model_dir
-    from router.cost_model import SLO, PairProfile
-
-    facts = server_facts(args.url)
-    settings = CalibrationSettings(
-        url=args.url,
-        model=args.model,
-        pair=args.pair,
-        slo=SLO(ttft_p99_s=args.slo_ttft_p99_ms / 1e3, tpot_p99_s=args.slo_tpot_p99_ms / 1e3),
-        tokenizer_dir=args.tokenizer_dir or default_model_dir(),
-        corpus=CORPUS_PATH,
-        sweep=QUICK_SWEEP if args.quick else FULL_SWEEP,
-        time_scale=facts.time_scale,
-        block_tokens=facts.block_tokens,
-        hardware=args.hardware or facts.hardware,
-        model_name=args.model_name or facts.model,
-        reference=PairProfile.load(args.reference) if args.reference else None,
-    )
-    calibration = Calibrator(settings, progress=lambda line: print(line, flush=True)).calibrate()
-    out = args.out or Path("profiles") / f"{args.pair}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    calibration.profile.save(out)
-    report = write_report(calibration, args.report_dir or out.with_suffix("") / "report")
-    print(f"profile: {out}\nreport:  {report}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mufleet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -412,29 +385,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fault.set_defaults(func=cmd_fault)
 
-    cal = sub.add_parser(
-        "calibrate",
-        help="measure a running server and fit its MU cost profile",
-        description="Sweeps load and request shapes against a running server over streaming "
-        "gRPC, fits the cost model and writes the pair's profile plus a report.",
-    )
-    cal.add_argument("--url", required=True, help="gRPC HOST:PORT of the server")
-    cal.add_argument("--model", default="ensemble")
-    cal.add_argument("--pair", required=True, help="name of the (model, hardware) pair")
-    cal.add_argument("--out", type=Path, help="profile path (default profiles/PAIR.json)")
-    cal.add_argument("--report-dir", type=Path, help="default: next to the profile")
-    cal.add_argument("--slo-ttft-p99-ms", type=float, default=2000.0)
-    cal.add_argument("--slo-tpot-p99-ms", type=float, default=50.0)
-    cal.add_argument("--tokenizer-dir", type=Path, help="the server's tokenizer")
-    cal.add_argument("--reference", type=Path, help="reference pair profile (MU/s scale)")
-    cal.add_argument("--hardware", help="hardware name (sim servers report their own)")
-    cal.add_argument("--model-name", help="model name (sim servers report their own)")
-    cal.add_argument("--quick", action="store_true", help="a smaller sweep")
-    cal.set_defaults(func=cmd_calibrate)
+    from mufleet.calibration.cli import add_commands as add_calibration_commands
     from mufleet.gpu.cli import add_commands as add_gpu_commands
     from mufleet.load.cli import add_commands as add_load_commands
     from mufleet.simulator.cli import add_commands as add_simulator_commands
 
+    add_calibration_commands(sub)
     add_gpu_commands(sub)
     add_simulator_commands(sub)
     add_load_commands(sub)

@@ -36,6 +36,10 @@ class RenderError(ValueError):
     """The templates or the parameters cannot make a valid repository."""
 
 
+DEFAULT_MAX_BATCH_SIZE = 8
+"""The cpu engine's sequences in flight when nothing says otherwise."""
+
+
 class RenderParams(BaseModel):
     """Everything that differs between two rendered repositories."""
 
@@ -45,7 +49,13 @@ class RenderParams(BaseModel):
     tokenizer_dir: Path
     model_dir: Path | None = Field(None, description="HF checkpoint (cpu profile)")
     engine_dir: Path | None = Field(None, description="TensorRT-LLM engine (trtllm profile)")
-    max_batch_size: int = Field(8, ge=1, le=1024)
+    max_batch_size: int = Field(
+        DEFAULT_MAX_BATCH_SIZE,
+        ge=1,
+        le=1024,
+        description="sequences in flight per engine; unset, a sim node takes its hardware "
+        "profile's max_num_sequences (the engine the profile describes)",
+    )
     priority_levels: int = Field(
         7, ge=1, le=16, description="the router's levels: canaries, then 3 tiers x 2 price bands"
     )
@@ -61,6 +71,12 @@ class RenderParams(BaseModel):
     )
     hardware_profile: Path | None = Field(None, description="sim: emulated (model, GPU) pair")
     time_scale: float = Field(1.0, gt=0.0, description="sim: wall seconds per emulated second")
+    max_num_tokens: int = Field(
+        0, ge=0, description="sim: prefill token budget per iteration; 0: the hardware profile's"
+    )
+    kv_cache_blocks: int = Field(
+        0, ge=0, description="sim: KV cache blocks; 0: the hardware profile's"
+    )
     decoupled_mode: bool = Field(
         True, description="tensorrt_llm and tensorrt_llm_bls stream (unary infer needs false)"
     )
@@ -100,6 +116,20 @@ class RenderParams(BaseModel):
     logits_datatype: Literal["TYPE_FP32", "TYPE_FP16", "TYPE_BF16"] = "TYPE_FP32"
     prompt_embedding_table_data_type: Literal["TYPE_FP16", "TYPE_BF16", "TYPE_FP32"] = "TYPE_FP16"
     encoder_input_features_data_type: Literal["TYPE_FP16", "TYPE_BF16", "TYPE_FP32"] = "TYPE_FP16"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _engine_batch_size(cls, data: object) -> object:
+        """An unset ``max_batch_size`` of a sim node is its hardware profile's limit."""
+        if not isinstance(data, dict) or data.get("max_batch_size") is not None:
+            return data
+        data = {k: v for k, v in data.items() if k != "max_batch_size"}
+        if data.get("profile") == "sim" and data.get("hardware_profile"):
+            from python_backends.sim_engine.hardware import HardwareProfile, resolve_profile
+
+            hardware = HardwareProfile.load(resolve_profile(str(data["hardware_profile"])))
+            data["max_batch_size"] = min(hardware.max_num_sequences, 1024)
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> RenderParams:

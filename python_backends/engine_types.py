@@ -25,6 +25,29 @@ class EngineStats:
     kv_tokens_per_block: int = 16
     prefill_tokens: int = 0
     cached_prompt_tokens: int = 0
+    kv_cache_blocks: int = 0
+    """The KV capacity the engine was configured with (``kv_blocks_max`` may exceed it on
+    an engine whose running sequences live outside its cache)."""
+    max_num_tokens: int = 0
+    """Prefill token budget per iteration (0: the engine has none)."""
+    time_scale: float = 1.0
+    """Wall seconds per emulated second (1 for an engine that computes)."""
+    host_lag_s: float = 0.0
+    """How far behind its emulated timeline the engine woke for its last iteration."""
+    host_lag_lost_s: float = 0.0
+    """Wall seconds the engine fell so far behind that it gave them up: while this grows,
+    the host, not the emulated GPU, sets the pace."""
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What an engine is, for its metrics and for checks against a calibrated profile."""
+
+    engine: str
+    version: str
+    """Changes whenever the engine's timing or scheduling rules change."""
+    hardware_profile: str = ""
+    """The emulated (model, GPU) pair of a sim engine; empty otherwise."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +94,7 @@ class Engine(Protocol):
 
     name: str
     """The engine's registry name, used in refusals (``cpu``, ``sim``)."""
+    info: EngineInfo
     vocab_size: int
     max_context: int
     stats: EngineStats

@@ -36,6 +36,8 @@ def _sim(params: Mapping[str, str], max_batch_size: int) -> Engine:
             max_num_sequences=max_batch_size,
             time_scale=float(params.get("time_scale", "1.0")),
             max_context=int(params.get("max_context", "0")) or None,
+            max_num_tokens=int(params.get("max_num_tokens", "0")) or None,
+            kv_cache_blocks=int(params.get("kv_cache_blocks", "0")) or None,
         ),
         faults=FaultFile.from_environment(),
     )

@@ -58,6 +58,19 @@ class MetricsScrapeConfig(_Strict):
     timeout_s: float = Field(0.5, gt=0)
 
 
+class EngineCheckConfig(_Strict):
+    """Checking each node's engine configuration against its pair profile's record."""
+
+    enabled: bool = True
+    untrusted_capacity_factor: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="share of the profile's capacity granted to a node running another "
+        "engine, engine version or hardware profile than the profile was measured on",
+    )
+
+
 class RouterConfig(_Strict):
     listen: ListenConfig = ListenConfig()
     admin_token: SecretStr
@@ -73,6 +86,7 @@ class RouterConfig(_Strict):
     priority: PriorityConfig = PriorityConfig()
     sessions: SessionsConfig = SessionsConfig()
     scrape: MetricsScrapeConfig = MetricsScrapeConfig()
+    engine_check: EngineCheckConfig = EngineCheckConfig()
     limits: LimitsConfig = LimitsConfig()
     health: HealthConfig = HealthConfig()
     failover: FailoverConfig = FailoverConfig()

@@ -54,6 +54,8 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from router.engine_record import EngineRecord
+
 __all__ = [
     "FEATURE_NAMES",
     "MU_PER_REFERENCE_SECOND",
@@ -151,6 +153,8 @@ class PairProfile(BaseModel):
     slo: SLO
     reference: bool
     time_scale: float = Field(default=1.0, gt=0)
+    engine: EngineRecord | None = None
+    """The engine configuration the profile was measured under (``None``: not recorded)."""
     fit: FitReport | None = None
 
     @model_validator(mode="after")

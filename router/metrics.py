@@ -141,6 +141,19 @@ class RouterMetrics:
             ["node"],
             registry=r,
         )
+        self.node_config_mismatch = Gauge(
+            "mufleet_router_node_config_mismatch",
+            "1 while the node's engine parameter differs from its pair profile's (0 once it "
+            "matches again)",
+            ["node", "parameter"],
+            registry=r,
+        )
+        self.node_config_capacity_factor = Gauge(
+            "mufleet_router_node_config_capacity_factor",
+            "Share of the profile's capacity granted for the node's engine configuration",
+            ["node"],
+            registry=r,
+        )
         self.probe_signals = Counter(
             "mufleet_router_probe_signals",
             "Probe verdicts by node, probe and verdict",

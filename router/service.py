@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -33,7 +34,7 @@ from router.api.openai import OpenAIFront
 from router.config import RouterConfig
 from router.cost_model import CostModel, PairProfile
 from router.errors import BadRequest, NoCapacity, NotFound, RouterError
-from router.fleet import HttpxFetch, MetricsScraper, NodeTable
+from router.fleet import EngineCheck, HttpxFetch, MetricsScraper, NodeMetrics, NodeTable
 from router.health.build import build_health
 from router.health.monitor import HealthMonitor
 from router.metrics import RouterMetrics
@@ -107,6 +108,13 @@ class RouterService:
                 PRIORITY_PARAMETER,
             )
             self.pipeline.forwarder.sink = passive
+        self.engine_check = EngineCheck(
+            {n.name: self.costs[n.pair].profile for n in config.nodes},
+            untrusted=config.engine_check.untrusted_capacity_factor,
+            enabled=config.engine_check.enabled,
+        )
+        for node in config.nodes:
+            self.metrics.node_config_capacity_factor.labels(node.name).set(1.0)
         self._fetch = HttpxFetch()
         self.scraper = MetricsScraper(
             self.table,
@@ -114,10 +122,26 @@ class RouterService:
             interval_s=config.scrape.interval_s,
             timeout_s=config.scrape.timeout_s,
             clock=time.monotonic,
+            on_update=self._check_engine,
         )
         self._model_info: dict[tuple[str, str], dict[str, Any]] = {}
         self._configs: dict[str, Any] = {}
         self._tasks: list[asyncio.Task[None]] = []
+
+    def _check_engine(self, node: str, metrics: NodeMetrics) -> None:
+        """A good scrape landed: check a new engine record against the node's profile."""
+        verdict = self.engine_check.observe(node, metrics.engine)
+        if verdict is None:
+            return
+        self.table.set_config_factor(node, verdict.factor)
+        for parameter in verdict.cleared:
+            self.metrics.node_config_mismatch.labels(node, parameter).set(0.0)
+        for mismatch in verdict.mismatches:
+            self.metrics.node_config_mismatch.labels(node, mismatch.parameter).set(1.0)
+        self.metrics.node_config_capacity_factor.labels(node).set(verdict.factor)
+        if verdict.level is not None:
+            fields = {**verdict.log_fields(), "unix_s": round(time.time(), 3)}
+            log.log(verdict.level, json.dumps(fields))
 
     # -- facts the front doors ask for ------------------------------------------------------
     def served_models(self) -> list[str]:

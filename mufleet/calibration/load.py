@@ -1,110 +1,257 @@
-"""Closed-loop load against one model, and the steady-state rate it sustained."""
+"""Closed-loop load on the engine model, timed by the engine itself.
+
+Requests go to the engine model (``tensorrt_llm``) as token ids, the way TensorRT-LLM's own
+benchmarks drive an engine, and ask for ``return_perf_metrics``: the engine reports when
+each request arrived, produced its first token and its last. TTFT and TPOT are taken from
+those timestamps, so neither the client nor the tokenizer and detokenizer steps of the
+ensemble (host work, not GPU work) enter the figures, and no request needs to stream: one
+response per request keeps the host's share of the work small at any rate.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 
-from mufleet.streaming_client import RequestTiming, stream_request
+from mufleet.streaming_client import token_inputs
+
+NS = 1e-9
+
+
+@dataclass(frozen=True)
+class EngineTiming:
+    """One request: client wall times (``perf_counter``) and the engine's own timestamps."""
+
+    sent_at: float
+    finished_at: float
+    arrival_ns: int = 0
+    first_token_ns: int = 0
+    last_token_ns: int = 0
+    tokens: int = 0
+    error: str | None = None
+
+    @property
+    def ttft_s(self) -> float | None:
+        """Arrival at the engine to its first token (wall seconds)."""
+        if self.error or not (self.first_token_ns and self.arrival_ns):
+            return None
+        return (self.first_token_ns - self.arrival_ns) * NS
+
+    @property
+    def tpot_s(self) -> float | None:
+        """Mean time per output token after the first (wall seconds)."""
+        if self.error or self.tokens < 2 or not self.first_token_ns:
+            return None
+        return (self.last_token_ns - self.first_token_ns) * NS / (self.tokens - 1)
+
+    @property
+    def engine_s(self) -> float | None:
+        """Arrival to last token: how long the request was the engine's."""
+        if self.error or not (self.last_token_ns and self.arrival_ns):
+            return None
+        return (self.last_token_ns - self.arrival_ns) * NS
 
 
 @dataclass(frozen=True)
 class LoadRun:
-    """Timings of one closed-loop run."""
+    """The measured requests of one closed-loop run: sent after the loop filled up and
+    finished before it started to drain (see :func:`closed_loop`)."""
 
     concurrency: int
-    timings: list[RequestTiming]
-    streamed: list[bool]
+    timings: list[EngineTiming]
+    completions: tuple[float, ...] = ()
+    """When every successful request of the run finished, measured or not."""
 
     @property
     def errors(self) -> list[str]:
         return [t.error for t in self.timings if t.error is not None]
 
-    def steady_rps(self) -> float:
-        """Requests/s over the steady part of the run.
+    @property
+    def wall_s(self) -> float:
+        return max(t.finished_at for t in self.timings) - min(t.sent_at for t in self.timings)
 
-        Completions before the ``concurrency``-th (ramp-up) and after the last
-        ``concurrency`` (the draining tail, when fewer requests are in flight) are left
-        out; short runs fall back to the whole run.
+    def steady_rps(self) -> float:
+        """Completions per second while the loop was full.
+
+        From the first measured send (the loop had just filled) to the last measured
+        completion (the tail was still in flight), every completion counts, measured or
+        not: the measured requests alone are only part of what the engine finished then.
         """
-        done = sorted(t.finished_at for t in self.timings if t.error is None)
-        first, last = self.concurrency - 1, len(done) - self.concurrency
-        if last - first < max(self.concurrency, 2):
-            first, last = 0, len(done) - 1
-        if last <= first or done[last] <= done[first]:
-            wall = done[-1] - min(t.sent_at for t in self.timings)
-            return len(done) / wall if wall > 0 else float("nan")
-        return (last - first) / (done[last] - done[first])
+        good = [t for t in self.timings if t.error is None]
+        if self.completions and good:
+            start = min(t.sent_at for t in good)
+            end = max(t.finished_at for t in good)
+            within = sum(1 for c in self.completions if start < c <= end)
+            if end > start and within >= 2:
+                return within / (end - start)
+        done = sorted(t.finished_at for t in good)
+        if len(done) >= 2 and done[-1] > done[0]:
+            return (len(done) - 1) / (done[-1] - done[0])
+        wall = self.wall_s
+        return len(done) / wall if done and wall > 0 else float("nan")
+
+    def values(self, metric: str) -> list[float]:
+        """``ttft_s``, ``tpot_s`` or ``engine_s`` of every request that has it."""
+        return [v for t in self.timings if (v := getattr(t, metric)) is not None]
 
     def percentile(self, metric: str, q: float) -> float:
-        """``q``-th percentile of ``ttft_s`` or ``tpot_s`` over the streamed requests."""
-        values = [
-            getattr(t, metric)
-            for t, streamed in zip(self.timings, self.streamed, strict=True)
-            if streamed and t.error is None and getattr(t, metric) is not None
-        ]
+        values = self.values(metric)
         return float(np.percentile(values, q)) if values else float("nan")
+
+    def occupancy(self) -> float:
+        """The share of each request's round trip that it spent in the engine.
+
+        In a closed loop that is the engine's mean concurrency over the client's (Little's
+        law on both). Well below 1, requests spent their time in the host (Triton, the
+        Python stub, the client) rather than in the engine: the host set the pace.
+        """
+        engine, total = [], []
+        for t in self.timings:
+            if t.engine_s is not None:
+                engine.append(t.engine_s)
+                total.append(t.finished_at - t.sent_at)
+        if not engine or sum(total) <= 0:
+            return float("nan")
+        return min(sum(engine) / sum(total), 1.0)
+
+
+def _perf(result: grpcclient.InferResult, name: str) -> int:
+    array = result.as_numpy(name)
+    return 0 if array is None or array.size == 0 else int(array.reshape(-1)[0])
+
+
+async def _one(
+    client: grpcaio.InferenceServerClient,
+    model: str,
+    inputs: list[grpcclient.InferInput],
+    timeout_s: float,
+) -> EngineTiming:
+    async def requests() -> AsyncIterator[dict[str, object]]:
+        yield {"model_name": model, "inputs": inputs}
+
+    sent = time.perf_counter()
+    final: grpcclient.InferResult | None = None
+    tokens = 0
+    try:
+        async for result, err in client.stream_infer(requests(), stream_timeout=timeout_s):
+            if err is not None:
+                return EngineTiming(sent, time.perf_counter(), error=str(err))
+            ids = result.as_numpy("output_ids")
+            tokens += 0 if ids is None else int(ids.size)
+            flag = result.get_response().parameters.get("triton_final_response")
+            if flag is None or flag.bool_param:
+                final = result
+                break
+    except Exception as exc:  # one failed request must not end the run
+        return EngineTiming(sent, time.perf_counter(), error=f"{type(exc).__name__}: {exc}")
+    if final is None:
+        return EngineTiming(sent, time.perf_counter(), error="no final response")
+    return EngineTiming(
+        sent,
+        time.perf_counter(),
+        _perf(final, "arrival_time_ns"),
+        _perf(final, "first_token_time_ns"),
+        _perf(final, "last_token_time_ns"),
+        tokens,
+    )
+
+
+def request_inputs(
+    input_ids: Sequence[int], output_tokens: int, end_id: int
+) -> list[grpcclient.InferInput]:
+    """A non-streaming engine request of exactly ``output_tokens`` tokens, with perf metrics."""
+    inputs = token_inputs(
+        input_ids, output_tokens, end_id=end_id, min_tokens=output_tokens, stream=False
+    )
+    flag = grpcclient.InferInput("return_perf_metrics", [1, 1], "BOOL")
+    flag.set_data_from_numpy(np.array([[True]], dtype=bool))
+    return [*inputs, flag]
 
 
 async def _closed_loop(
     url: str,
     model: str,
-    make_inputs: Callable[[int, bool], list[grpcclient.InferInput]],
+    make_inputs: Callable[[int], list[grpcclient.InferInput]],
     concurrency: int,
     count: int,
-    streamed: Sequence[bool],
+    ramp: int,
     stagger_s: float,
+    timeout_s: float,
 ) -> LoadRun:
     client = grpcaio.InferenceServerClient(url)
     next_index = 0
-    timings: list[RequestTiming | None] = [None] * count
+    timings: list[EngineTiming | None] = [None] * (ramp + count)
+    measured_left = count
+    all_measured = asyncio.Event()
+    completions: list[float] = []
 
     async def worker(k: int) -> None:
-        nonlocal next_index
+        nonlocal next_index, measured_left
         await asyncio.sleep(k * stagger_s)
-        while next_index < count:
+        while not all_measured.is_set():
             i = next_index
             next_index += 1
-            timings[i] = await stream_request(client, model, make_inputs(i, streamed[i]))
+            timing = await _one(client, model, make_inputs(i), timeout_s)
+            if timing.error is None:
+                completions.append(timing.finished_at)
+            if ramp <= i < ramp + count:
+                timings[i] = timing
+                measured_left -= 1
+                if measured_left == 0:
+                    all_measured.set()
 
+    workers = [asyncio.create_task(worker(k)) for k in range(concurrency)]
     try:
-        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+        await all_measured.wait()
     finally:
+        for task in workers:  # the tail: cancelled in flight, so the loop never drains
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
         await client.close()
-    done = [t for t in timings if t is not None]
-    return LoadRun(concurrency, done, list(streamed[: len(done)]))
+    measured = [t for t in timings[ramp:] if t is not None]
+    return LoadRun(concurrency, measured, tuple(completions))
 
 
 def closed_loop(
     url: str,
     model: str,
-    make_inputs: Callable[[int, bool], list[grpcclient.InferInput]],
+    make_inputs: Callable[[int], list[grpcclient.InferInput]],
     concurrency: int,
     count: int,
-    stream_every: int = 0,
     stagger_s: float = 0.0,
+    timeout_s: float = 600.0,
+    ramp: int | None = None,
 ) -> LoadRun:
-    """``count`` requests kept ``concurrency`` in flight; every ``stream_every``-th streams.
+    """``concurrency`` requests kept in flight until ``count`` measured ones are done.
 
-    Worker ``k`` starts ``k * stagger_s`` late: identical requests started together would
-    finish together and run in lockstep waves, where one late request runs almost alone;
-    staggered starts keep the batch full and completions evenly spread.
-
-    Streaming is what measures TTFT and TPOT, but every streamed token costs the host a
-    postprocessing call; a few streamed probes among unary requests see the same engine
-    batches without flooding a small host. ``stream_every=0`` streams nothing.
+    The first ``ramp`` requests (default: ``concurrency``) fill the loop and are not
+    measured; requests still in flight when the last measured one finishes are cancelled,
+    so every measured request ran with the loop full. Worker ``k`` starts ``k * stagger_s``
+    late: identical requests started together would finish together and run in lockstep
+    waves; staggered starts keep the batch full and completions evenly spread.
     """
-    streamed = [stream_every > 0 and i % stream_every == 0 for i in range(count)]
     start = time.perf_counter()
     run = asyncio.run(
-        _closed_loop(url, model, make_inputs, concurrency, count, streamed, stagger_s)
+        _closed_loop(
+            url,
+            model,
+            make_inputs,
+            concurrency,
+            count,
+            concurrency if ramp is None else ramp,
+            stagger_s,
+            timeout_s,
+        )
     )
-    if not run.timings:
-        raise RuntimeError(f"no request completed in {time.perf_counter() - start:.1f}s")
+    if not run.timings or len(run.errors) == len(run.timings):
+        first = run.errors[0] if run.errors else "none sent"
+        raise RuntimeError(
+            f"no request completed in {time.perf_counter() - start:.1f}s; first error: {first}"
+        )
     return run

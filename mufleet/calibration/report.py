@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mufleet.calibration.capacity import LoadPoint
 from mufleet.calibration.run import Calibration
+from router.engine_record import EngineRecord
 
 
 def plot_busy(cal: Calibration, path: Path) -> None:
@@ -40,13 +42,22 @@ def plot_busy(cal: Calibration, path: Path) -> None:
     plt.close(fig)
 
 
+def counted_points(cal: Calibration) -> list[LoadPoint]:
+    """One point per concurrency: the last measurement the host did not pace, by level."""
+    by_level: dict[int, LoadPoint] = {}
+    for point in cal.load_points:
+        if not point.host_paced:
+            by_level[point.concurrency] = point
+    return [by_level[c] for c in sorted(by_level)]
+
+
 def plot_load(cal: Calibration, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = cal.load_points
+    points = counted_points(cal)
     levels = [p.concurrency for p in points]
     fig, (lat, thr) = plt.subplots(1, 2, figsize=(11, 4))
     lat.plot(levels, [p.ttft_p99_s * 1e3 for p in points], "o-", label="TTFT p99")
@@ -70,6 +81,13 @@ def plot_load(cal: Calibration, path: Path) -> None:
     plt.close(fig)
 
 
+def _engine_line(engine: EngineRecord | None) -> str:
+    if engine is None:
+        return "not reported by the node"
+    fields = engine.model_dump(exclude_none=True)
+    return ", ".join(f"{k} {v}" for k, v in fields.items())
+
+
 def write_report(cal: Calibration, directory: Path) -> Path:
     """Write ``report.md``, ``busy_time.png`` and ``latency_vs_load.png``; return the md."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -83,6 +101,8 @@ def write_report(cal: Calibration, directory: Path) -> Path:
         "",
         f"Model `{p.model}` on `{p.hardware}`; SLO p99 TTFT ≤ {p.slo.ttft_p99_s * 1e3:.0f} ms, "
         f"p99 TPOT ≤ {p.slo.tpot_p99_s * 1e3:.1f} ms; time scale {p.time_scale:g}.",
+        "",
+        f"Engine: {_engine_line(p.engine)}.",
         "",
         "## Result",
         "",
@@ -109,15 +129,18 @@ def write_report(cal: Calibration, directory: Path) -> Path:
         "![busy time](busy_time.png)",
         "![latency vs load](latency_vs_load.png)",
         "",
-        "## Load points (standard mix)",
+        "## Load points (standard mix, every measurement in order)",
         "",
-        "| concurrency | req/s | TTFT p99 (ms) | TPOT p99 (ms) | errors | meets SLO |",
-        "|---:|---:|---:|---:|---:|---|",
+        "| concurrency | requests | req/s | TTFT p99 (ms) | TPOT p99 (ms) | errors | verdict |",
+        "|---:|---:|---:|---:|---:|---:|---|",
     ]
     for lp in cal.load_points:
+        verdict = "meets SLO" if lp.meets(p.slo) else "breaks SLO"
+        if lp.host_paced:
+            verdict = f"discarded: host-paced ({lp.pace_note})"
         lines.append(
-            f"| {lp.concurrency} | {lp.rps:.2f} | {lp.ttft_p99_s * 1e3:.1f} | "
-            f"{lp.tpot_p99_s * 1e3:.2f} | {lp.errors} | {'yes' if lp.meets_slo else 'no'} |"
+            f"| {lp.concurrency} | {lp.samples} | {lp.rps:.2f} | {lp.ttft_p99_s * 1e3:.1f} | "
+            f"{lp.tpot_p99_s * 1e3:.2f} | {lp.errors} | {verdict} |"
         )
     lines += [
         "",

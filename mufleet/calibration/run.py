@@ -1,9 +1,13 @@
 """The calibration procedure: capacity search, class sweep, fit, held-out check.
 
-1. **Capacity.** The standard mix runs closed-loop at rising concurrency; a few requests
-   stream to measure TTFT and TPOT (as genai-perf defines them). The capacity point is the
-   highest concurrency whose p99 TTFT and p99 TPOT meet the SLO; its request rate on the
-   standard mix, ``capacity_rps``, sets the pair's MU/s.
+Every load goes to the engine model as token ids, timed by the engine itself
+(:mod:`mufleet.calibration.load`), on a node started as its users start it; the engine's
+configuration is read from the node and recorded in the profile.
+
+1. **Capacity** (:mod:`mufleet.calibration.capacity`): the standard mix runs closed-loop
+   at rising concurrency until p99 TTFT or p99 TPOT breaks the SLO, then bisects to the
+   knee; the answer rests on at least 200 requests, and a breaking level is re-run before
+   it counts. Its request rate on the standard mix, ``capacity_rps``, sets the pair's MU/s.
 2. **Busy time per class.** At the capacity concurrency each request class runs alone,
    closed-loop; the steady request rate ``R`` gives the class's busy time ``1 / R`` (at
    capacity the engine is always busy, so each request's share of it is the wall time
@@ -12,8 +16,9 @@
 4. **Held out.** Classes and a mixed workload never used for fitting: their measured busy
    time and throughput against the fitted model's prediction, as MAPE.
 
-Durations from a simulator running ``time_scale`` times slower than the hardware it
-emulates are divided by that factor, so the profile describes the emulated hardware.
+Every load point is checked for host pacing (:mod:`mufleet.calibration.pacing`); a sim
+engine that fell behind is slowed down and the point measured again. Durations are
+divided by the time scale in force, so the profile describes the emulated hardware.
 """
 
 from __future__ import annotations
@@ -25,12 +30,14 @@ from pathlib import Path
 
 import tritonclient.grpc as grpcclient
 
-from mufleet.calibration.load import LoadRun, closed_loop
+from mufleet.calibration.capacity import CapacitySearch, LoadPoint, SearchSettings
+from mufleet.calibration.load import LoadRun, closed_loop, request_inputs
+from mufleet.calibration.pacing import EngineGauges, PaceCheck, TimeScale, read_gauges
 from mufleet.calibration.workload import STANDARD_MIX, PromptFactory, RequestClass, Sweep
-from mufleet.streaming_client import text_inputs
 from router.cost_model import (
     MU_PER_REFERENCE_SECOND,
     SLO,
+    CostCoefficients,
     CostModel,
     FitReport,
     PairProfile,
@@ -39,18 +46,11 @@ from router.cost_model import (
     mape_pct,
     reference_capacity,
 )
+from router.engine_record import EngineRecord
 
 Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class LoadPoint:
-    concurrency: int
-    rps: float
-    ttft_p99_s: float
-    tpot_p99_s: float
-    errors: int
-    meets_slo: bool
+MAX_CLASS_PACING_FIXES = 4
+PROMPTS_PER_RUN = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -78,25 +78,29 @@ class Calibration:
 @dataclass(frozen=True)
 class CalibrationSettings:
     url: str
-    model: str
+    """gRPC ``HOST:PORT`` of the node."""
+    metrics_url: str
+    """Its Prometheus page (``http://HOST:8002/metrics``): engine configuration and lag."""
     pair: str
     slo: SLO
     tokenizer_dir: Path
     corpus: Path
     sweep: Sweep
-    time_scale: float = 1.0
+    engine_model: str = "tensorrt_llm"
     block_tokens: int = 1
     hardware: str = "unknown"
     model_name: str = "unknown"
     reference: PairProfile | None = None
-    waves: int = 5
+    waves: int = 2
     seed: int = 0
+    pace: PaceCheck = field(default_factory=PaceCheck)
+    slow_down_factor: float = 2.0
     nonce: int = field(default_factory=lambda: random.SystemRandom().randrange(2**32))
     """Makes this calibration's prompts new to a server that saw earlier calibrations."""
 
 
 class Calibrator:
-    """Runs one calibration against a live server."""
+    """Runs one calibration against a live node."""
 
     def __init__(self, settings: CalibrationSettings, progress: Progress = print) -> None:
         self.s = settings
@@ -104,12 +108,21 @@ class Calibrator:
         self.prompts = PromptFactory(
             settings.tokenizer_dir, settings.corpus, settings.block_tokens, nonce=settings.nonce
         )
+        eos = self.prompts.tokenizer.eos_token_id
+        self.end_id = int(eos if eos is not None else 2)
+        self.scale = TimeScale(settings.url, settings.engine_model)
+        self.time_scale = self.scale.current()
+        start = read_gauges(settings.metrics_url, settings.engine_model)
+        self.engine_at_start = start.record
+        self.emulated = start.record is not None and start.record.engine == "sim"
         self._used_prompts = 0
+        self._cold = True
+        """The engine lost its KV cache (new, or reloaded): shared prefixes need warming."""
 
     # -- workloads ----------------------------------------------------------------------
     def _inputs_for(
         self, classes: list[RequestClass]
-    ) -> Callable[[int, bool], list[grpcclient.InferInput]]:
+    ) -> Callable[[int], list[grpcclient.InferInput]]:
         """Inputs for the ``i``-th request of a run over ``classes``.
 
         Prompt numbers are never reused within a calibration: a prompt sent before would
@@ -117,13 +130,13 @@ class Calibrator:
         Only the class's shared prefix is meant to be cached.
         """
         first = self._used_prompts
-        self._used_prompts += len(classes)
+        self._used_prompts += PROMPTS_PER_RUN  # the run's ramp and tail draw numbers too
+        tokenizer = self.prompts.tokenizer
 
-        def make(i: int, stream: bool) -> list[grpcclient.InferInput]:
+        def make(i: int) -> list[grpcclient.InferInput]:
             cls = classes[i % len(classes)]
-            n = cls.output_tokens
-            prompt = self.prompts.prompt(cls, first + i)
-            return text_inputs(prompt, n, min_tokens=n, stream=stream)
+            ids = tokenizer.encode(self.prompts.prompt(cls, first + i), add_special_tokens=True)
+            return request_inputs(ids, cls.output_tokens, self.end_id)
 
         return make
 
@@ -135,69 +148,106 @@ class Calibrator:
     def _warm(self, classes: list[RequestClass]) -> float:
         """One request per class, so shared prefixes are cached before measuring.
 
-        Returns the mean latency of those lone requests, the unit for staggering.
+        Returns the mean wall time of those lone requests, the unit for staggering.
         """
         unique = list(dict.fromkeys(classes))
-        run = closed_loop(self.s.url, self.s.model, self._inputs_for(unique), 1, len(unique))
-        return sum(t.e2e_s for t in run.timings) / len(run.timings)
+        run = closed_loop(
+            self.s.url, self.s.engine_model, self._inputs_for(unique), 1, len(unique), ramp=0
+        )
+        self._cold = False
+        return sum(t.finished_at - t.sent_at for t in run.timings) / len(run.timings)
 
-    def _run(
-        self, classes: list[RequestClass], concurrency: int, stream_every: int, latency_s: float
-    ) -> LoadRun:
+    def _run(self, classes: list[RequestClass], concurrency: int) -> tuple[LoadRun, str | None]:
+        """One closed-loop run, and why the host set its pace (``None``: it did not)."""
+        latency = self._warm(classes)
+        before = read_gauges(self.s.metrics_url, self.s.engine_model)
         run = closed_loop(
             self.s.url,
-            self.s.model,
+            self.s.engine_model,
             self._inputs_for(classes),
             concurrency,
             len(classes),
-            stream_every,
-            stagger_s=latency_s / concurrency,
+            stagger_s=latency / concurrency,
         )
+        after = read_gauges(self.s.metrics_url, self.s.engine_model)
         if run.errors:
             self.progress(f"  {len(run.errors)} errors, first: {run.errors[0]}")
-        return run
+        return run, self._paced(run, before, after)
+
+    def _paced(self, run: LoadRun, before: EngineGauges, after: EngineGauges) -> str | None:
+        if not self.emulated:
+            return None  # an engine that computes has no timeline to fall behind
+        return self.s.pace.verdict(after.lost_s - before.lost_s, run.wall_s, run.occupancy())
+
+    def _slow_down(self, why: str) -> bool:
+        if not self.emulated:
+            return False
+        old = self.time_scale
+        self.time_scale = self.scale.raise_by(self.s.slow_down_factor)
+        self._cold = True
+        self.progress(f"[pacing] {why}: time scale {old:g} -> {self.time_scale:g}")
+        return True
 
     # -- the procedure ------------------------------------------------------------------
-    def capacity_search(self) -> tuple[list[LoadPoint], int, float]:
-        scale = self.s.time_scale
-        points: list[LoadPoint] = []
-        best: LoadPoint | None = None
-        latency = self._warm([c for c, _ in STANDARD_MIX])
-        for level in self.s.sweep.levels:
-            count = max(self.s.waves * level, 24)
-            mix = self._mix(list(STANDARD_MIX), count)
-            run = self._run(mix, level, max(level // 4, 1), latency)
-            ttft = run.percentile("ttft_s", 99) / scale
-            tpot = run.percentile("tpot_s", 99) / scale
-            errors = len(run.errors)
-            ok = errors == 0 and ttft <= self.s.slo.ttft_p99_s and tpot <= self.s.slo.tpot_p99_s
-            point = LoadPoint(level, run.steady_rps() * scale, ttft, tpot, errors, ok)
-            points.append(point)
-            self.progress(
-                f"[capacity] c={level:<4} {point.rps:8.2f} req/s  TTFT p99 "
-                f"{point.ttft_p99_s * 1e3:8.1f} ms  TPOT p99 {point.tpot_p99_s * 1e3:7.2f} ms  "
-                f"{'meets SLO' if ok else 'breaks SLO'}"
-            )
-            if not ok:
-                break
-            best = point
-        if best is None:
-            best = points[0]
-        return points, best.concurrency, best.rps
+    def measure_level(self, level: int, samples: int) -> LoadPoint:
+        """The standard mix at concurrency ``level`` (emulated seconds)."""
+        scale = self.time_scale
+        run, paced = self._run(self._mix(list(STANDARD_MIX), samples), level)
+        return LoadPoint(
+            level,
+            run.steady_rps() * scale,
+            tuple(v / scale for v in run.values("ttft_s")),
+            tuple(v / scale for v in run.values("tpot_s")),
+            errors=len(run.errors),
+            host_paced=paced is not None,
+            pace_note=paced or "",
+        )
+
+    def capacity_search(self) -> CapacitySearch:
+        s = self.s
+        search = CapacitySearch(
+            SearchSettings(s.slo, full_samples=s.sweep.full_samples, max_level=s.sweep.max_level),
+            self.measure_level,
+            on_host_paced=lambda point: self._slow_down(
+                f"c={point.concurrency}: {point.pace_note}"
+            ),
+            progress=self.progress,
+        )
+        search.run()
+        return search
 
     def measure_class(self, cls: RequestClass, concurrency: int) -> float:
         """Busy seconds per request of ``cls`` at ``concurrency`` (emulated time)."""
-        latency = self._warm([cls])
-        count = max(self.s.waves * concurrency, 8)
-        run = self._run([cls] * count, concurrency, 0, latency)
-        return 1.0 / (run.steady_rps() * self.s.time_scale)
+        count = max(self.s.waves * concurrency, 32)
+        for _ in range(MAX_CLASS_PACING_FIXES + 1):
+            scale = self.time_scale
+            run, paced = self._run([cls] * count, concurrency)
+            if paced is None or not self._slow_down(f"{cls.name}: {paced}"):
+                return 1.0 / (run.steady_rps() * scale)
+        return 1.0 / (run.steady_rps() * scale)
+
+    def engine_record(self) -> EngineRecord | None:
+        """The node's engine configuration now, with the time scale the figures were taken at."""
+        record = read_gauges(self.s.metrics_url, self.s.engine_model).record
+        if record is None:
+            return None
+        start = self.engine_at_start
+        unscaled = {"time_scale": None}
+        if start is not None and start.model_copy(update=unscaled) != record.model_copy(
+            update=unscaled
+        ):
+            raise RuntimeError(f"the engine changed during calibration: {start} -> {record}")
+        return record.model_copy(update={"time_scale": self.time_scale})
 
     def calibrate(self) -> Calibration:
         s = self.s
         self.progress(
-            f"calibrating {s.pair} at {s.url} (model {s.model}, time_scale {s.time_scale})"
+            f"calibrating {s.pair} at {s.url} ({s.engine_model}, engine "
+            f"{self.engine_at_start or 'unreported'}, time scale {self.time_scale:g})"
         )
-        load_points, concurrency, capacity_rps = self.capacity_search()
+        search = self.capacity_search()
+        result = search.result
+        concurrency, capacity_rps = result.concurrency, result.rps
         self.progress(f"[capacity] {capacity_rps:.2f} req/s at concurrency {concurrency}")
 
         measured: list[ClassPoint] = []
@@ -221,23 +271,9 @@ class Calibrator:
             if s.reference is None
             else reference_capacity(capacity_rps, s.reference.capacity_rps)
         )
-
-        def profile_with(fit: FitReport | None) -> PairProfile:
-            return PairProfile(
-                pair=s.pair,
-                model=s.model_name,
-                hardware=s.hardware,
-                coefficients=coefficients,
-                capacity_mu_s=capacity_mu_s,
-                capacity_concurrency=concurrency,
-                capacity_rps=capacity_rps,
-                slo=s.slo,
-                reference=s.reference is None,
-                time_scale=s.time_scale,
-                fit=fit,
-            )
-
-        model = CostModel(profile_with(None))
+        model = CostModel(
+            self._profile(coefficients, capacity_mu_s, result.concurrency, capacity_rps, None, None)
+        )
         points = [
             ClassPoint(p.cls, p.shape, p.measured_busy_s, model.busy_s(p.shape), p.heldout)
             for p in measured
@@ -245,10 +281,8 @@ class Calibrator:
         held = [p for p in points if p.heldout]
         busy_mape = mape_pct([p.predicted_busy_s for p in held], [p.measured_busy_s for p in held])
 
-        mix = self._mix([(c, 1.0) for c in s.sweep.heldout], max(4 * concurrency, 24))
-        latency = self._warm(mix)
-        mix_run = self._run(mix, concurrency, 0, latency)
-        mix_rps = mix_run.steady_rps() * s.time_scale
+        mix = self._mix([(c, 1.0) for c in s.sweep.heldout], max(4 * concurrency, 48))
+        mix_rps = self._mix_rps(mix, concurrency)
         class_busy = {c: model.busy_s(self.prompts.shape(c, 0)) for c in set(mix)}
         mix_pred = 1.0 / (sum(class_busy[c] for c in mix) / len(mix))
         capacity_mape = mape_pct([mix_pred], [mix_rps])
@@ -259,10 +293,15 @@ class Calibrator:
         )
         notes = [
             f"standard mix at capacity: {capacity_rps:.2f} req/s measured, "
-            f"{std_pred:.2f} req/s predicted by the fitted model"
+            f"{std_pred:.2f} req/s predicted by the fitted model",
+            *result.notes,
         ]
-        if not load_points[0].meets_slo:
-            notes.append("the SLO is not met even at concurrency 1; capacity is that point")
+        if result.slo_bounded:
+            notes.append(
+                f"SLO-bounded: concurrency {concurrency} meets the SLO over "
+                f"{result.best.samples if result.best else 0} requests, "
+                f"{result.first_failing} breaks it twice"
+            )
         fit = FitReport(
             mape_busy_pct=busy_mape,
             mape_capacity_pct=capacity_mape,
@@ -270,12 +309,48 @@ class Calibrator:
             heldout_points=len(held),
             notes=notes,
         )
+        profile = self._profile(
+            coefficients, capacity_mu_s, concurrency, capacity_rps, fit, self.engine_record()
+        )
         return Calibration(
-            profile=profile_with(fit),
-            load_points=load_points,
+            profile=profile,
+            load_points=result.points,
             classes=points,
             heldout_mix_rps=mix_rps,
             heldout_mix_predicted_rps=mix_pred,
             standard_mix_predicted_rps=std_pred,
             notes=notes,
+        )
+
+    def _mix_rps(self, mix: list[RequestClass], concurrency: int) -> float:
+        for _ in range(MAX_CLASS_PACING_FIXES + 1):
+            scale = self.time_scale
+            run, paced = self._run(mix, concurrency)
+            if paced is None or not self._slow_down(f"held-out mix: {paced}"):
+                break
+        return run.steady_rps() * scale
+
+    def _profile(
+        self,
+        coefficients: CostCoefficients,
+        capacity_mu_s: float,
+        concurrency: int,
+        capacity_rps: float,
+        fit: FitReport | None,
+        engine: EngineRecord | None,
+    ) -> PairProfile:
+        s = self.s
+        return PairProfile(
+            pair=s.pair,
+            model=s.model_name,
+            hardware=s.hardware,
+            coefficients=coefficients,
+            capacity_mu_s=capacity_mu_s,
+            capacity_concurrency=concurrency,
+            capacity_rps=capacity_rps,
+            slo=s.slo,
+            reference=s.reference is None,
+            time_scale=self.time_scale,
+            engine=engine,
+            fit=fit,
         )

@@ -38,7 +38,10 @@ class Sweep:
 
     fit: list[RequestClass]
     heldout: list[RequestClass]
-    levels: list[int]
+    full_samples: int = 200
+    """Requests behind every load point the capacity rests on (p99 needs ≥ 2 above it)."""
+    max_level: int = 1024
+    """The capacity search doubles concurrency up to here unless the SLO breaks first."""
 
 
 STANDARD_MIX: tuple[tuple[RequestClass, float], ...] = (
@@ -60,12 +63,10 @@ FULL_SWEEP = Sweep(
         RequestClass(384, 0.25, 160),
         RequestClass(1024, 0.0, 96),
     ],
-    levels=[1, 2, 4, 8, 16, 32, 64, 128],
 )
 QUICK_SWEEP = Sweep(
     fit=grid((128, 1024), (0.0, 0.75), (16, 96)),
     heldout=[RequestClass(512, 0.5, 48), RequestClass(768, 0.0, 64), RequestClass(256, 0.9, 32)],
-    levels=[1, 2, 4, 8, 16, 32],
 )
 
 

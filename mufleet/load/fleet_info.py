@@ -80,10 +80,10 @@ def default_config_path() -> Path:
 
 def time_scale(node: NodeInfo) -> float | None:
     """The node's time scale as its engine model reports it (``None``: unreachable)."""
-    from mufleet.calibration.server_facts import server_facts
+    from mufleet.calibration.pacing import TimeScale
 
     try:
-        return server_facts(node.grpc_url).time_scale
+        return TimeScale(node.grpc_url).current()
     except Exception:  # any failure to reach or read the node: unknown
         return None
 

@@ -21,10 +21,14 @@ import torch
 from python_backends.cpu_engine.prefix_cache import KVState, PrefixCache, kv_length
 from python_backends.cpu_engine.sampling import TokenSampler
 from python_backends.engine_loop import EngineLoop, context_tail
-from python_backends.engine_types import EngineStats, RequestPerf, TokenEvent
+from python_backends.engine_types import EngineInfo, EngineStats, RequestPerf, TokenEvent
 from python_backends.generation import GenerationSpec
 
 Emit = Callable[[TokenEvent], None]
+
+
+CPU_ENGINE_VERSION = "1"
+"""Changes whenever the cpu engine's batching or caching rules change."""
 
 
 @dataclass
@@ -94,6 +98,8 @@ class CpuEngine(EngineLoop[_Sequence]):
         self.stats = EngineStats(
             max_sequences=config.max_num_sequences, kv_tokens_per_block=config.kv_block_tokens
         )
+        self.info = EngineInfo("cpu", CPU_ENGINE_VERSION)
+        self._refresh_stats()
 
     # -- requests ------------------------------------------------------------------
     def submit(
@@ -308,9 +314,8 @@ class CpuEngine(EngineLoop[_Sequence]):
         live_tokens = sum(len(s.fed) for s in self._running)
         stats.kv_blocks_used = -(-(live_tokens + self.prefix_cache.tokens_held) // block)
         per_token = self._bytes_per_token()
-        stats.kv_blocks_max = max(
-            stats.kv_blocks_used, self.config.prefix_cache_bytes // max(per_token * block, 1)
-        )
+        stats.kv_cache_blocks = max(self.config.prefix_cache_bytes // max(per_token * block, 1), 1)
+        stats.kv_blocks_max = max(stats.kv_blocks_used, stats.kv_cache_blocks)
 
     def _bytes_per_token(self) -> int:
         cfg = self.model.config

@@ -15,6 +15,8 @@ context and the seed (:func:`pseudo_token`).
 from __future__ import annotations
 
 import hashlib
+import logging
+import math
 import os
 import random
 import struct
@@ -23,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from python_backends.engine_loop import TOP_PRIORITY_RESERVE_TOKENS, EngineLoop, context_tail
-from python_backends.engine_types import EngineStats, RequestPerf, TokenEvent
+from python_backends.engine_types import EngineInfo, EngineStats, RequestPerf, TokenEvent
 from python_backends.generation import GenerationSpec
 from python_backends.sim_engine.block_pool import Allocation, BlockPool
 from python_backends.sim_engine.faults import FaultFile, FaultSwitches
@@ -39,13 +41,46 @@ CONTEXT_KEY_TOKENS = 16
 """How many of the context's last tokens choose the next pseudo-text token."""
 
 
+SIM_ENGINE_VERSION = "2"
+"""Changes whenever the sim engine's timing or scheduling rules change: a profile
+calibrated on another version measured another engine."""
+log = logging.getLogger("mufleet.sim_engine")
+
+
 @dataclass
 class SimConfig:
+    """The emulated engine: its hardware profile and what the operator overrides.
+
+    ``max_num_sequences``, ``max_num_tokens`` and ``kv_cache_blocks`` default (``None``) to
+    the profile's values, the engine the profile describes; a value given is capped at the
+    profile's (an engine cannot batch past what it was built for, nor hold more KV than
+    the GPU's memory) and logged when it differs.
+    """
+
     profile: HardwareProfile
     vocab_size: int
-    max_num_sequences: int
+    max_num_sequences: int | None = None
     time_scale: float = 1.0
     max_context: int | None = None
+    max_num_tokens: int | None = None
+    kv_cache_blocks: int | None = None
+
+    def limit(self, name: str) -> int:
+        """The effective value of one engine limit (see the class docstring)."""
+        built = self.profile.limit(name)
+        asked = getattr(self, name)
+        return built if asked is None else max(min(asked, built), 1)
+
+    def overrides(self) -> list[str]:
+        """One line per limit that differs from the hardware profile's."""
+        lines = []
+        for name in ("max_num_sequences", "max_num_tokens", "kv_cache_blocks"):
+            asked, used = getattr(self, name), self.limit(name)
+            built = self.profile.limit(name)
+            if asked is not None and asked != built:
+                capped = f" (capped from {asked})" if asked != used else ""
+                lines.append(f"{name} {used}{capped}, the profile's is {built}")
+        return lines
 
 
 @dataclass
@@ -101,18 +136,24 @@ class SimEngine(EngineLoop[_SimSequence]):
         profile = config.profile
         self.vocab_size = config.vocab_size
         self.max_context = min(config.max_context or profile.max_context, profile.max_context)
-        self.max_num_sequences = min(config.max_num_sequences, profile.max_num_sequences)
+        self.max_num_sequences = config.limit("max_num_sequences")
+        self.max_num_tokens = config.limit("max_num_tokens")
+        kv_blocks = config.limit("kv_cache_blocks")
         self.pool = BlockPool(
-            profile.kv_cache.total_blocks,
-            profile.kv_cache.block_tokens,
-            reserved_tokens=TOP_PRIORITY_RESERVE_TOKENS,
+            kv_blocks, profile.kv_cache.block_tokens, reserved_tokens=TOP_PRIORITY_RESERVE_TOKENS
         )
+        self.info = EngineInfo("sim", SIM_ENGINE_VERSION, profile.name)
+        for line in config.overrides():
+            log.warning("sim engine %s: the operator overrides %s", profile.name, line)
         self.faults = faults or FaultFile(None)
         self.rng = random.Random(0)
         self.stats = EngineStats(
             max_sequences=self.max_num_sequences,
             kv_tokens_per_block=profile.kv_cache.block_tokens,
-            kv_blocks_max=profile.kv_cache.total_blocks,
+            kv_blocks_max=kv_blocks,
+            kv_cache_blocks=kv_blocks,
+            max_num_tokens=self.max_num_tokens,
+            time_scale=config.time_scale,
         )
         self.sleep: Callable[[float], None] = time.sleep
         self._timeline = float("-inf")
@@ -156,7 +197,7 @@ class SimEngine(EngineLoop[_SimSequence]):
         faults = faults or FaultSwitches()
         self._admit(faults)
         self._drop_cancelled()
-        budget = self.config.profile.max_num_tokens
+        budget = self.max_num_tokens
         prefill_tokens = 0
         delivering: list[_SimSequence] = []
         generating = 0
@@ -199,8 +240,13 @@ class SimEngine(EngineLoop[_SimSequence]):
         iterations the engine runs exactly as fast as the profile says.
         """
         now = time.monotonic()
-        if now - self._timeline > MAX_LAG_S:
-            self._timeline = now  # idle or far behind: restart the timeline
+        lag = now - self._timeline
+        if lag > MAX_LAG_S:
+            if math.isfinite(lag):  # far behind (not idle): the host set the pace
+                self.stats.host_lag_lost_s += lag
+            self._timeline = now  # restart the timeline
+            lag = 0.0
+        self.stats.host_lag_s = max(lag, 0.0)
         self._timeline += wall_s
         self.sleep(max(self._timeline - now, 0.0))
 

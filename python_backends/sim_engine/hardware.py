@@ -113,6 +113,14 @@ class HardwareProfile(BaseModel):
     derivation: list[str] = Field(default_factory=list)
     validation: Validation | None = None
 
+    def limit(self, name: str) -> int:
+        """``max_num_sequences``, ``max_num_tokens`` or ``kv_cache_blocks`` of this engine."""
+        if name == "kv_cache_blocks":
+            return self.kv_cache.total_blocks
+        if name in ("max_num_sequences", "max_num_tokens"):
+            return int(getattr(self, name))
+        raise KeyError(name)
+
     @classmethod
     def load(cls, path: Path) -> HardwareProfile:
         return cls.model_validate_json(Path(path).read_text())

@@ -35,13 +35,17 @@ class AdminFront:
         return JSONResponse({"nodes": self.node_views(time.monotonic())})
 
     def node_views(self, now: float) -> list[dict[str, Any]]:
-        """The table's view of every node, with the health machine's verdicts and the
-        node's recent transitions (``at`` on the router's monotonic clock)."""
+        """The table's view of every node, with its engine configuration check (the
+        profile's record, the mismatches), the health machine's verdicts and the node's
+        recent transitions (``at`` on the router's monotonic clock)."""
         table = self.service.table
         monitor = getattr(self.service, "monitor", None)
+        check = getattr(self.service, "engine_check", None)
         views = table.admin_view(now)
         for view in views:
             name = view["name"]
+            if check is not None:
+                view.update(check.view(name))
             if monitor is not None:
                 view["health"] = monitor.machine.view(name, now)
                 view["panic"] = monitor.machine.panic()

@@ -2,9 +2,12 @@
 
 :mod:`router.fleet.metrics` parses a node's Prometheus page (pure), :mod:`router.fleet.table`
 holds per-node state, ledgers and snapshots for policies (pure), and
-:mod:`router.fleet.scraper` polls every node into the table (asyncio).
+:mod:`router.fleet.scraper` polls every node into the table (asyncio), and
+:mod:`router.fleet.engine_check` judges each node's engine configuration against its pair
+profile's (pure).
 """
 
+from router.fleet.engine_check import EngineCheck, EngineVerdict
 from router.fleet.metrics import (
     ENGINE_MODEL,
     MetricsDelta,
@@ -26,6 +29,8 @@ from router.fleet.table import (
 __all__ = [
     "DEFAULT_MODELS",
     "ENGINE_MODEL",
+    "EngineCheck",
+    "EngineVerdict",
     "Fetch",
     "HttpxFetch",
     "MetricsDelta",

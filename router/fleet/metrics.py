@@ -18,7 +18,16 @@ What is read (Triton 2.51 names; labels ``model="…",version="…"``):
   (every engine profile exports them, see ``python_backends/trtllm_metrics.py``);
 * GPU gauges when present (``nv_gpu_utilization`` averaged over GPUs,
   ``nv_gpu_memory_used_bytes``, ``nv_gpu_memory_total_bytes`` and ``nv_gpu_power_usage``
-  summed over GPUs).
+  summed over GPUs);
+* the engine's description of itself, for the engine model (``python_backends/
+  engine_metrics.py``): ``mufleet_engine_info{engine,engine_version,hardware_profile}``,
+  ``mufleet_engine_config{parameter=max_num_sequences|max_num_tokens|kv_cache_blocks|
+  kv_block_tokens|time_scale}`` (gauges, the largest over versions),
+  ``mufleet_engine_host_lag_seconds`` (gauge, the largest over versions) and
+  ``mufleet_engine_host_lag_lost_seconds`` (counter, summed). With the ``max`` and
+  ``tokens_per`` TensorRT-LLM gauges (all a real TensorRT-LLM node exports) they become
+  :attr:`NodeMetrics.engine`, the :class:`~router.engine_record.EngineRecord` the router
+  checks against the node's pair profile.
 
 Counters are matched with or without the ``_total`` suffix: Triton writes
 ``nv_inference_request_success{…} 12``, and ``prometheus_client`` reports such a sample as
@@ -35,6 +44,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from router.engine_record import EngineRecord, record_from_samples
 
 __all__ = [
     "ENGINE_MODEL",
@@ -60,10 +71,18 @@ GPU_UTILIZATION = "nv_gpu_utilization"
 GPU_MEMORY_USED = "nv_gpu_memory_used_bytes"
 GPU_MEMORY_TOTAL = "nv_gpu_memory_total_bytes"
 GPU_POWER = "nv_gpu_power_usage"
+ENGINE_INFO = "mufleet_engine_info"
+ENGINE_CONFIG = "mufleet_engine_config"
+HOST_LAG = "mufleet_engine_host_lag_seconds"
+HOST_LAG_LOST = "mufleet_engine_host_lag_lost_seconds"
 
-_COUNTERS = (SUCCESS, FAILURE, INFERENCE_COUNT, QUEUE_US, COMPUTE_INFER_US)
+_COUNTERS = (SUCCESS, FAILURE, INFERENCE_COUNT, QUEUE_US, COMPUTE_INFER_US, HOST_LAG_LOST)
 _GPU_GAUGES = (GPU_UTILIZATION, GPU_MEMORY_USED, GPU_MEMORY_TOTAL, GPU_POWER)
-_WANTED = frozenset((PENDING, TRT_REQUESTS, TRT_KV_BLOCKS, *_COUNTERS, *_GPU_GAUGES))
+_ENGINE_FAMILIES = (ENGINE_INFO, ENGINE_CONFIG, HOST_LAG)
+_WANTED = frozenset(
+    (PENDING, TRT_REQUESTS, TRT_KV_BLOCKS, *_ENGINE_FAMILIES, *_COUNTERS, *_GPU_GAUGES)
+)
+_INFO_LABELS = ("engine", "engine_version", "hardware_profile")
 _REQUEST_TYPES = ("active", "max", "scheduled", "context", "waiting")
 _KV_BLOCK_TYPES = ("max", "free", "used", "tokens_per", "reused")
 _EMPTY: Mapping[str, int] = MappingProxyType({})
@@ -115,6 +134,13 @@ class NodeMetrics:
     gpu_memory_total_bytes: float | None = None
     gpu_power_usage_w: float | None = None
     """Power draw summed over the node's GPUs, watts."""
+    # mufleet_engine_* (and the TensorRT-LLM limits above)
+    engine: EngineRecord | None = None
+    """The engine configuration the node reports (``None``: its page describes none)."""
+    host_lag_s: float | None = None
+    """How late the engine woke for its last iteration (``mufleet_engine_host_lag_seconds``)."""
+    host_lag_lost_s: float | None = None
+    """Cumulative wall seconds the engine fell behind its emulated timeline and gave up."""
     samples: int = 0
     """How many samples the page held (0: an empty page)."""
 
@@ -165,6 +191,9 @@ def parse_node_metrics(text: str, now: float, model: str = ENGINE_MODEL) -> Node
     requests: dict[str, float] = {}
     blocks: dict[str, float] = {}
     gpu: dict[str, list[float]] = {}
+    info: dict[str, str] | None = None
+    config: dict[str, float] = {}
+    lag: float | None = None
     samples = 0
     try:
         for family in text_string_to_metric_families(text):
@@ -191,12 +220,31 @@ def parse_node_metrics(text: str, now: float, model: str = ENGINE_MODEL) -> Node
                     _add(requests, labels.get("request_type"), value)
                 elif name == TRT_KV_BLOCKS:
                     _add(blocks, labels.get("kv_cache_block_type"), value)
+                elif name == ENGINE_INFO:
+                    if value > 0 and info is None:
+                        info = {k: labels[k] for k in _INFO_LABELS if labels.get(k)}
+                elif name == ENGINE_CONFIG:
+                    # A limit, not a count: versions are not summed.
+                    parameter = labels.get("parameter")
+                    if parameter is not None:
+                        config[parameter] = max(value, config.get(parameter, value))
+                elif name == HOST_LAG:
+                    lag = value if lag is None else max(lag, value)
                 elif name != PENDING:
                     _add(counters, name, value)
     except (ValueError, TypeError, IndexError, KeyError) as exc:
         raise MetricsParseError(f"not Prometheus text: {exc}") from exc
 
     utilisation = gpu.get(GPU_UTILIZATION)
+    trt_max = {
+        key: value
+        for key, value in (
+            ("max_sequences", requests.get("max")),
+            ("kv_blocks_max", blocks.get("max")),
+            ("kv_tokens_per_block", blocks.get("tokens_per")),
+        )
+        if value is not None
+    }
     return NodeMetrics(
         scraped_at=now,
         model=model,
@@ -223,6 +271,9 @@ def parse_node_metrics(text: str, now: float, model: str = ENGINE_MODEL) -> Node
         gpu_memory_used_bytes=_sum(gpu.get(GPU_MEMORY_USED)),
         gpu_memory_total_bytes=_sum(gpu.get(GPU_MEMORY_TOTAL)),
         gpu_power_usage_w=_sum(gpu.get(GPU_POWER)),
+        engine=_record(info, config, trt_max),
+        host_lag_s=lag,
+        host_lag_lost_s=counters.get(HOST_LAG_LOST),
         samples=samples,
     )
 
@@ -253,6 +304,17 @@ def delta(prev: NodeMetrics, cur: NodeMetrics) -> MetricsDelta:
         reset=reset_s or reset_f or reset_q or reset_i,
         no_progress=waiting_work and successes <= 0,
     )
+
+
+def _record(
+    info: dict[str, str] | None, config: dict[str, float], trt_max: dict[str, float]
+) -> EngineRecord | None:
+    """The engine's record; ``None`` when the page describes none, or describes one out of
+    range (a negative time scale): load metrics are kept either way."""
+    try:
+        return record_from_samples(info, config, trt_max)
+    except ValueError:
+        return None
 
 
 def _add(into: dict[str, float], key: str | None, value: float) -> None:

@@ -6,7 +6,9 @@ missed. Start offsets are spread over the interval so that N nodes are not fetch
 burst. Failures (timeouts, HTTP errors, pages that do not parse) are recorded on the node's
 table entry (:attr:`~router.fleet.table.NodeEntry.scrape_failures`, ``last_scrape_error``)
 and never raised; the node's last good metrics stay in place and age, which policies see as
-``metrics_age_s``.
+``metrics_age_s``. After each good scrape lands in the table, ``on_update(node, metrics)`` runs
+(the router checks the node's engine configuration there); an exception it raises is logged and
+never stops the polling.
 
 :meth:`MetricsScraper.stop` is prompt: it wakes :meth:`MetricsScraper.run`, which cancels
 every polling task (and the fetches in flight) and waits at most one interval for them.
@@ -15,6 +17,7 @@ every polling task (and the fetches in flight) and waits at most one interval fo
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import sys
 import time
@@ -22,13 +25,17 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 
-from router.fleet.metrics import MetricsParseError, parse_node_metrics
+from router.fleet.metrics import MetricsParseError, NodeMetrics, parse_node_metrics
 from router.fleet.table import NodeTable
 
-__all__ = ["Fetch", "HttpxFetch", "MetricsScraper"]
+__all__ = ["Fetch", "HttpxFetch", "MetricsScraper", "OnUpdate"]
+
+log = logging.getLogger("mufleet.router")
 
 Fetch = Callable[[str], Awaitable[str]]
 """``url → page text``; raises on any failure."""
+OnUpdate = Callable[[str, NodeMetrics], None]
+"""``(node, metrics)``, called after a good scrape was recorded in the table."""
 
 
 class HttpxFetch:
@@ -56,7 +63,8 @@ class MetricsScraper:
 
     ``fetch`` defaults to an :class:`HttpxFetch` made (and closed) by :meth:`run`. ``clock``
     stamps the metrics (``scraped_at``) and the errors; it must be the clock the router passes
-    as ``now`` to :meth:`NodeTable.snapshot`.
+    as ``now`` to :meth:`NodeTable.snapshot`. ``on_update`` sees every good scrape the table
+    accepted.
     """
 
     def __init__(
@@ -66,6 +74,7 @@ class MetricsScraper:
         interval_s: float = 1.0,
         timeout_s: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
+        on_update: OnUpdate | None = None,
     ) -> None:
         if not (math.isfinite(interval_s) and interval_s > 0):
             raise ValueError(f"interval_s must be > 0, got {interval_s}")
@@ -75,6 +84,7 @@ class MetricsScraper:
         self.interval_s = interval_s
         self.timeout_s = timeout_s
         self.clock = clock
+        self.on_update = on_update
         self._fetch = fetch
         self._stop_requested = False
         self._wake: asyncio.Event | None = None
@@ -111,7 +121,11 @@ class MetricsScraper:
         except Exception as exc:  # any fetch failure is the node's, never the router's
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         else:
-            self.table.update_metrics(node, metrics)
+            if self.table.update_metrics(node, metrics) and self.on_update is not None:
+                try:
+                    self.on_update(node, metrics)
+                except Exception:
+                    log.exception("handling the metrics of node %s failed", node)
             return True
         self.table.record_scrape_error(node, error, self.clock())
         return False

@@ -2,8 +2,10 @@
 
 Per node: its configuration, its health state (with reason, since when, and a bounded history
 of transitions), the router's own in-flight ledger (requests sent and not yet finished, and the
-MU they hold), the latest two metric scrapes, scrape errors and the MU reserved for open agent
-sessions. :meth:`NodeTable.snapshot` turns that into one
+MU they hold), the latest two metric scrapes, scrape errors, the MU reserved for open agent
+sessions, and two capacity factors kept apart and multiplied: the health machine's (GPU
+throttling, :meth:`NodeTable.set_health`) and the engine configuration's
+(:meth:`NodeTable.set_config_factor`). :meth:`NodeTable.snapshot` turns that into one
 :class:`~router.policies.base.NodeSnapshot` per node for a routing policy.
 
 Pure and single-threaded: every method that depends on time takes ``now`` (the caller's clock,
@@ -91,7 +93,10 @@ class NodeEntry:
     trust: float = 1.0
     """The health machine's share for the node (see ``NodeSnapshot.trust``)."""
     capacity_factor: float = 1.0
-    """Its share of the calibrated capacity (a throttled GPU works slower)."""
+    """The health machine's share of the calibrated capacity (a throttled GPU works slower)."""
+    config_capacity_factor: float = 1.0
+    """The share granted for the node's engine configuration against its pair profile's
+    (:mod:`router.fleet.engine_check`); multiplies :attr:`capacity_factor`."""
     scrape_failures: int = 0
     """Consecutive failed scrapes (0 after a good one)."""
     scrape_failures_total: int = 0
@@ -108,6 +113,16 @@ class NodeEntry:
     @property
     def inflight_requests(self) -> int:
         return len(self.inflight)
+
+    @property
+    def effective_capacity_factor(self) -> float:
+        """The GPU-health and engine-configuration factors together."""
+        return self.capacity_factor * self.config_capacity_factor
+
+    @property
+    def effective_capacity_mu_s(self) -> float:
+        """The capacity policies and admission see: the calibrated one times both factors."""
+        return self.capacity_mu_s * self.capacity_factor * self.config_capacity_factor
 
     def metrics_age_s(self, now: float) -> float:
         """Seconds since the last good scrape; ``inf`` when never scraped."""
@@ -302,6 +317,18 @@ class NodeTable:
             e.trust, e.capacity_factor = trust, factor
             e.changed()
 
+    def set_config_factor(self, node: str, factor: float) -> None:
+        """The share of the calibrated capacity granted for ``node``'s engine configuration,
+        in (0, 1]; kept apart from the health machine's factor, which :meth:`set_health`
+        sets, and multiplied with it."""
+        e = self.entry(node)
+        if not math.isfinite(factor):
+            raise ValueError(f"the configuration factor must be finite, got {factor}")
+        factor = min(max(factor, 1e-3), 1.0)
+        if factor != e.config_capacity_factor:
+            e.config_capacity_factor = factor
+            e.changed()
+
     def inflight(self, node: str) -> Mapping[str, float]:
         """A copy of the node's in-flight requests (id → MU)."""
         return dict(self.entry(node).inflight)
@@ -409,7 +436,7 @@ class NodeTable:
                 "name": e.config.name,
                 "pair": e.config.pair,
                 "models": frozenset(e.config.models),
-                "capacity_mu_s": e.capacity_mu_s * e.capacity_factor,
+                "capacity_mu_s": e.effective_capacity_mu_s,
                 "state": e.state,
                 "inflight_mu": e.inflight_mu,
                 "inflight_requests": len(e.inflight),
@@ -474,10 +501,13 @@ class NodeTable:
                     "reserved_mu": e.reserved_mu,
                     "capacity_mu_s": e.capacity_mu_s,
                     "capacity_factor": e.capacity_factor,
+                    "config_capacity_factor": e.config_capacity_factor,
+                    "effective_capacity_mu_s": e.effective_capacity_mu_s,
                     "trust": e.trust,
-                    "utilisation": e.inflight_mu / (e.capacity_mu_s * e.capacity_factor),
+                    "utilisation": e.inflight_mu / e.effective_capacity_mu_s,
                     "queued": m.queued if m is not None else None,
                     "kv_used_fraction": m.kv_used_fraction if m is not None else None,
+                    "engine": None if m is None or m.engine is None else m.engine.model_dump(),
                     "metrics_age_s": None if m is None else max(now - m.scraped_at, 0.0),
                     "scrape_failures": e.scrape_failures,
                     "last_scrape_error": e.last_scrape_error,

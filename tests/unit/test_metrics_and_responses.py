@@ -856,3 +856,48 @@ def test_a_failing_send_of_the_error_is_not_repeated() -> None:
 
     assert assembler.failed
     assert [error is None for _, error, _ in calls] == [True, False]
+
+
+# -- EngineMetrics ----------------------------------------------------------------------
+
+
+@dataclass
+class FakeCounter(FakeMetric):
+    def increment(self, value: float) -> None:
+        self.writes.append((self.value or 0.0) + value)
+
+
+def test_engine_metrics_describe_the_engine_and_count_lost_timeline(pb: FakePbUtils) -> None:
+    from python_backends.engine_metrics import CONFIG_PARAMETERS, EngineMetrics
+    from python_backends.engine_types import EngineInfo
+
+    original = FakeMetricFamily.Metric
+
+    def metric(self: FakeMetricFamily, labels: dict[str, str]) -> FakeMetric:
+        if self.kind != FakeMetricFamilyType.COUNTER:
+            return original(self, labels)
+        counter = FakeCounter(dict(labels))
+        self.metrics.append(counter)
+        return counter
+
+    FakeMetricFamily.Metric = metric  # type: ignore[method-assign]
+    try:
+        metrics = EngineMetrics(pb, "tensorrt_llm", "1", EngineInfo("sim", "2", "h100"))
+    finally:
+        FakeMetricFamily.Metric = original  # type: ignore[method-assign]
+    (info,) = pb.family("mufleet_engine_info").metrics
+    assert info.labels["engine"] == "sim" and info.labels["hardware_profile"] == "h100"
+    assert info.value == 1.0
+    stats = EngineStats(max_sequences=256, kv_cache_blocks=900, kv_tokens_per_block=32)
+    stats.max_num_tokens, stats.time_scale, stats.host_lag_lost_s = 8192, 4.0, 0.5
+    metrics.update(stats)
+    config = {m.labels["parameter"]: m.value for m in pb.family("mufleet_engine_config").metrics}
+    assert set(config) == set(CONFIG_PARAMETERS)
+    assert config["max_num_sequences"] == 256 and config["time_scale"] == 4.0
+    assert config["kv_cache_blocks"] == 900 and config["max_num_tokens"] == 8192
+    (lost,) = pb.family("mufleet_engine_host_lag_lost_seconds").metrics
+    assert lost.value == 0.5
+    stats.host_lag_lost_s = 0.75
+    metrics.update(stats)
+    metrics.update(stats)
+    assert lost.value == 0.75  # increments by what is new only

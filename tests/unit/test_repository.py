@@ -292,3 +292,19 @@ def test_templates_digest_ignores_pycache(templates: Path) -> None:
     (templates / "preprocessing" / "1" / "__pycache__" / "x.pyc").write_bytes(b"junk")
 
     assert templates_digest(templates) == before
+
+
+def test_a_sim_node_batches_what_its_hardware_profile_says_unless_told_otherwise() -> None:
+    from python_backends.sim_engine.hardware import HardwareProfile, resolve_profile
+
+    name = "llama-3.1-8b_a100-sxm-80gb_tp1"
+    built = HardwareProfile.load(resolve_profile(name)).max_num_sequences
+    base = {"profile": "sim", "tokenizer_dir": Path("/t"), "hardware_profile": name}
+    assert RenderParams.model_validate(base).max_batch_size == built
+    assert RenderParams.model_validate({**base, "max_batch_size": None}).max_batch_size == built
+    assert RenderParams.model_validate({**base, "max_batch_size": 8}).max_batch_size == 8
+    cpu = RenderParams.model_validate({"profile": "cpu", "tokenizer_dir": Path("/t")})
+    assert cpu.max_batch_size == 8
+    limits = RenderParams.model_validate({**base, "max_num_tokens": 512, "kv_cache_blocks": 100})
+    assert limits.variables()["max_num_tokens"] == "512"
+    assert limits.variables()["kv_cache_blocks"] == "100"

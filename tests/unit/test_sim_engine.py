@@ -546,3 +546,54 @@ def test_engine_output_is_reproducible(clock: FakeClock) -> None:
 
     assert outputs[0] == outputs[1]
     assert outputs[0] != outputs[2]
+
+
+def test_lag_that_is_caught_up_is_not_lost_and_a_restart_counts_what_was_given_up(
+    clock: FakeClock,
+) -> None:
+    engine = _engine(clock)
+    clock.late_s = 0.004
+    for _ in range(10):
+        engine._advance(0.01)
+    assert engine.stats.host_lag_lost_s == 0.0  # every late wake-up was made up
+    assert engine.stats.host_lag_s == pytest.approx(0.004)
+
+    clock.now += 0.3  # the host held the engine thread for 0.3 s
+    engine._advance(0.01)
+    assert engine.stats.host_lag_lost_s == pytest.approx(0.3, abs=0.01)
+
+
+def test_idle_time_is_not_lag(clock: FakeClock) -> None:
+    engine = _engine(clock)
+    engine.step()  # nothing to do: the timeline is forgotten
+    clock.now += 5.0
+    engine._advance(0.01)
+    assert engine.stats.host_lag_lost_s == 0.0
+
+
+def test_the_engine_is_its_profile_unless_the_operator_overrides_it(clock: FakeClock) -> None:
+    default = SimConfig(profile=_profile(), vocab_size=VOCAB)
+    assert [
+        default.limit(n) for n in ("max_num_sequences", "max_num_tokens", "kv_cache_blocks")
+    ] == [8, 256, 64]
+    assert default.overrides() == []
+
+    asked = SimConfig(
+        profile=_profile(),
+        vocab_size=VOCAB,
+        max_num_sequences=4,
+        max_num_tokens=999,
+        kv_cache_blocks=32,
+    )
+    assert asked.limit("max_num_sequences") == 4
+    assert asked.limit("max_num_tokens") == 256  # capped: the engine was built for 256
+    assert asked.limit("kv_cache_blocks") == 32
+    lines = asked.overrides()
+    assert any("max_num_sequences 4" in line and "profile's is 8" in line for line in lines)
+    assert any("capped from 999" in line for line in lines)
+
+    engine = _engine(clock, max_num_sequences=4, kv_cache_blocks=32)
+    assert engine.stats.max_sequences == 4
+    assert (engine.stats.kv_blocks_max, engine.stats.kv_cache_blocks) == (32, 32)
+    assert engine.stats.max_num_tokens == 256
+    assert engine.info.engine == "sim" and engine.info.hardware_profile == "unit_test_gpu"

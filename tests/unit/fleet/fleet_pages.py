@@ -252,3 +252,58 @@ LITERAL_GPUS = (
     Gpu("GPU-5d7c2a31-8b0e-4f4e-9a51-3c1de0b7a9f2", 0.83, 61_203_283_968, power_w=512.345),
     Gpu("GPU-e2a9b4c0-17d3-4b6a-8f02-6a4c9d1e3b75", 0.79, 60_129_542_144, power_w=498.1),
 )
+
+
+def engine_families(
+    info: Mapping[str, str] | None = None,
+    config: Mapping[str, float] | None = None,
+    *,
+    lag_s: float | None = None,
+    lost_s: float | None = None,
+    model: str = "tensorrt_llm",
+    version: str = "1",
+    total_suffix: bool = False,
+) -> str:
+    """The ``mufleet_engine_*`` families an engine exports beside Triton's (see
+    ``python_backends/engine_metrics.py``), in the same format; append them to a page."""
+    lines: list[str] = []
+    base = {"model": model, "version": version}
+    if info is not None:
+        lines += [
+            "# HELP mufleet_engine_info the engine serving this model (value 1)",
+            "# TYPE mufleet_engine_info gauge",
+            f"mufleet_engine_info{_labels(**base, **info)} 1",
+        ]
+    if config:
+        lines += [
+            "# HELP mufleet_engine_config the limits the engine runs with",
+            "# TYPE mufleet_engine_config gauge",
+        ]
+        lines += [
+            f"mufleet_engine_config{_labels(**base, parameter=k)} {_num(v)}"
+            for k, v in config.items()
+        ]
+    if lag_s is not None:
+        lines += [
+            "# HELP mufleet_engine_host_lag_seconds how late the engine woke",
+            "# TYPE mufleet_engine_host_lag_seconds gauge",
+            f"mufleet_engine_host_lag_seconds{_labels(**base)} {_num(lag_s)}",
+        ]
+    if lost_s is not None:
+        name = "mufleet_engine_host_lag_lost_seconds" + ("_total" if total_suffix else "")
+        lines += [
+            f"# HELP {name} wall seconds the engine fell behind and gave up",
+            f"# TYPE {name} counter",
+            f"{name}{_labels(**base)} {_num(lost_s)}",
+        ]
+    return "".join(line + "\n" for line in lines)
+
+
+SIM_INFO = {"engine": "sim", "engine_version": "7", "hardware_profile": "sim_test_gpu"}
+SIM_CONFIG = {
+    "max_num_sequences": 4,
+    "max_num_tokens": 4096,
+    "kv_cache_blocks": 4096,
+    "kv_block_tokens": 32,
+    "time_scale": 2.0,
+}

@@ -1,5 +1,6 @@
 """Unit tests for router.fleet.metrics: parsing Triton 2.51 pages, missing and malformed pages,
-counter suffixes, deltas between scrapes and the no-progress flag."""
+counter suffixes, the engine's record and host lag, deltas between scrapes and the
+no-progress flag."""
 
 from __future__ import annotations
 
@@ -12,12 +13,16 @@ from fleet_pages import (
     LITERAL_KV_BLOCKS,
     LITERAL_REQUESTS,
     LITERAL_STATS,
+    SIM_CONFIG,
+    SIM_INFO,
     TRITON_251_PAGE,
     Gpu,
     ModelStats,
+    engine_families,
     triton_page,
 )
 
+from router.engine_record import EngineRecord
 from router.fleet.metrics import (
     MetricsParseError,
     NodeMetrics,
@@ -102,6 +107,10 @@ def test_every_field_of_a_triton_251_page() -> None:
         gpu_memory_used_bytes=61_203_283_968 + 60_129_542_144,
         gpu_memory_total_bytes=2 * 85_520_809_984,
         gpu_power_usage_w=m.gpu_power_usage_w,
+        # the TensorRT-LLM limits alone: what a real TensorRT-LLM node says of its engine
+        engine=EngineRecord(
+            engine="trtllm", max_num_sequences=64, kv_cache_blocks=4096, kv_block_tokens=32
+        ),
         samples=m.samples,
     )
     assert m.samples == sum(
@@ -291,6 +300,98 @@ def test_untyped_total_series_and_typed_bare_series() -> None:
     )
     m = parse_node_metrics(text, now=0.0)
     assert (m.success, m.failure, m.inference_count) == (4.0, 1.0, 4.0)
+
+
+# -- the engine's record and host lag ------------------------------------------------------
+
+
+SIM_RECORD = EngineRecord(
+    engine="sim",
+    engine_version="7",
+    hardware_profile="sim_test_gpu",
+    max_num_sequences=4,
+    max_num_tokens=4096,
+    kv_cache_blocks=4096,
+    kv_block_tokens=32,
+    time_scale=2.0,
+)
+
+
+def test_a_sim_engine_describes_itself() -> None:
+    text = engine_page() + engine_families(SIM_INFO, SIM_CONFIG, lag_s=0.002, lost_s=1.5)
+    m = parse_node_metrics(text, now=0.0)
+    assert m.engine == SIM_RECORD
+    assert (m.host_lag_s, m.host_lag_lost_s) == (0.002, 1.5)
+    # the engine's own gauges are read as before
+    assert (m.max_sequences, m.kv_blocks_max) == (64, 1000)
+
+
+def test_engine_config_wins_over_the_tensorrt_llm_limits() -> None:
+    # REQUESTS says max 64 and KV says 1000 blocks of 64: mufleet_engine_config is the engine's
+    # own word, the nv_trt_llm_* gauges fill in only what it leaves out.
+    text = engine_page() + engine_families(SIM_INFO, {"max_num_sequences": 4})
+    engine = parse_node_metrics(text, now=0.0).engine
+    assert engine == EngineRecord(
+        engine="sim",
+        engine_version="7",
+        hardware_profile="sim_test_gpu",
+        max_num_sequences=4,
+        kv_cache_blocks=1000,
+        kv_block_tokens=64,
+    )
+
+
+def test_lost_seconds_with_or_without_total_suffix() -> None:
+    for suffix in (False, True):
+        text = engine_page() + engine_families(lost_s=3.25, total_suffix=suffix)
+        assert parse_node_metrics(text, now=0.0).host_lag_lost_s == 3.25
+
+
+def test_a_page_without_engine_series_has_no_record() -> None:
+    m = parse_node_metrics(triton_page({ENGINE: ModelStats(pending=2)}), now=0.0)
+    assert (m.engine, m.host_lag_s, m.host_lag_lost_s) == (None, None, None)
+    assert parse_node_metrics("", now=0.0).engine is None
+
+
+def test_engine_series_of_another_model_are_ignored() -> None:
+    text = triton_page({ENGINE: ModelStats()}) + engine_families(
+        SIM_INFO, SIM_CONFIG, lag_s=0.5, lost_s=2.0, model="other_engine"
+    )
+    m = parse_node_metrics(text, now=0.0)
+    assert (m.engine, m.host_lag_s, m.host_lag_lost_s) == (None, None, None)
+    other = parse_node_metrics(text, now=0.0, model="other_engine")
+    assert other.engine == SIM_RECORD and other.host_lag_s == 0.5
+
+
+def test_engine_series_over_versions() -> None:
+    # Limits are not summed over versions (the largest is kept); the lost seconds are.
+    text = triton_page({ENGINE: ModelStats()}) + (
+        "# TYPE mufleet_engine_config gauge\n"
+        'mufleet_engine_config{model="tensorrt_llm",parameter="max_num_sequences",version="1"} 4\n'
+        'mufleet_engine_config{model="tensorrt_llm",parameter="max_num_sequences",version="2"} 8\n'
+        "# TYPE mufleet_engine_host_lag_seconds gauge\n"
+        'mufleet_engine_host_lag_seconds{model="tensorrt_llm",version="1"} 0.1\n'
+        'mufleet_engine_host_lag_seconds{model="tensorrt_llm",version="2"} 0.3\n'
+        "# TYPE mufleet_engine_host_lag_lost_seconds counter\n"
+        'mufleet_engine_host_lag_lost_seconds{model="tensorrt_llm",version="1"} 1\n'
+        'mufleet_engine_host_lag_lost_seconds{model="tensorrt_llm",version="2"} 2\n'
+    )
+    m = parse_node_metrics(text, now=0.0)
+    assert m.engine is not None and m.engine.max_num_sequences == 8
+    assert (m.host_lag_s, m.host_lag_lost_s) == (0.3, 3.0)
+
+
+def test_an_out_of_range_engine_config_keeps_the_load_metrics() -> None:
+    text = engine_page(success=5) + engine_families(SIM_INFO, {"time_scale": -1.0})
+    m = parse_node_metrics(text, now=0.0)
+    assert m.engine is None and m.success == 5.0
+
+
+def test_info_alone_is_a_record() -> None:
+    text = triton_page({ENGINE: ModelStats()}) + engine_families(SIM_INFO)
+    assert parse_node_metrics(text, now=0.0).engine == EngineRecord(
+        engine="sim", engine_version="7", hardware_profile="sim_test_gpu"
+    )
 
 
 # -- deltas --------------------------------------------------------------------------------

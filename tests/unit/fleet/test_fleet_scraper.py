@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from collections.abc import Awaitable, Callable
 
@@ -236,6 +237,47 @@ def test_scrape_reads_the_nodes_engine_model() -> None:
     assert asyncio.run(MetricsScraper(table, fetch).scrape("node0"))
     m = table.entry("node0").metrics
     assert m is not None and (m.model, m.success, m.queued) == ("llama_engine", 3.0, 6)
+
+
+def test_on_update_sees_every_accepted_scrape() -> None:
+    table = make_table(1)
+    seen: list[tuple[str, float]] = []
+    ticks = iter([5.0, 6.0, 6.0])
+
+    async def fetch(u: str) -> str:
+        return page()
+
+    scraper = MetricsScraper(
+        table,
+        fetch,
+        clock=lambda: next(ticks),
+        on_update=lambda node, m: seen.append((node, m.scraped_at)),
+    )
+    for _ in range(3):
+        assert asyncio.run(scraper.scrape("node0"))
+    assert seen == [("node0", 5.0), ("node0", 6.0)]  # the stale third scrape was not accepted
+
+
+def test_a_failing_on_update_is_logged_and_scraping_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    table = make_table(1)
+    calls = 0
+
+    async def fetch(u: str) -> str:
+        return page()
+
+    def broken(node: str, metrics: object) -> None:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("bug")
+
+    scraper = MetricsScraper(table, fetch, interval_s=INTERVAL, timeout_s=TIMEOUT, on_update=broken)
+    with caplog.at_level(logging.ERROR, logger="mufleet.router"):
+        asyncio.run(run_for(scraper, 5 * INTERVAL))
+    assert calls >= 2
+    assert table.entry("node0").scrape_failures == 0
+    assert "handling the metrics of node node0 failed" in caplog.text
 
 
 def test_scrape_without_a_fetch_outside_run() -> None:

@@ -529,6 +529,57 @@ def test_admin_view() -> None:
     assert json.loads(json.dumps(view, allow_nan=False)) == view
 
 
+def test_admin_view_shows_both_factors_and_the_engine() -> None:
+    table = make_table(1)
+    table.update_metrics("node0", metrics_at(1.0))
+    table.set_health("node0", 1.0, 0.8)
+    table.set_config_factor("node0", 0.25)
+    table.start("node0", "r1", 100.0, now=1.0)
+    (row,) = table.admin_view(now=2.0)
+    assert (row["capacity_mu_s"], row["capacity_factor"]) == (1000.0, 0.8)
+    assert row["config_capacity_factor"] == 0.25
+    assert row["effective_capacity_mu_s"] == pytest.approx(200.0)
+    assert row["utilisation"] == pytest.approx(0.5)
+    # the TensorRT-LLM gauges of metrics_at(): all such a node says of its engine
+    assert row["engine"]["engine"] == "trtllm" and row["engine"]["max_num_sequences"] == 8
+    assert json.loads(json.dumps(row, allow_nan=False)) == row
+
+
+# -- capacity factors ----------------------------------------------------------------------
+
+
+def test_health_and_configuration_factors_multiply() -> None:
+    table = make_table(2)
+    table.set_config_factor("node0", 0.25)
+    assert table.snapshot_of("node0", 0.0).capacity_mu_s == pytest.approx(250.0)
+    table.set_health("node0", 1.0, 0.5)
+    assert table.snapshot_of("node0", 0.0).capacity_mu_s == pytest.approx(125.0)
+    e = table.entry("node0")
+    assert (e.capacity_factor, e.config_capacity_factor) == (0.5, 0.25)
+    assert e.effective_capacity_factor == pytest.approx(0.125)
+    # The health machine syncs its factor on every tick: it must not undo the other one.
+    table.set_health("node0", 1.0, 1.0)
+    assert table.snapshot_of("node0", 0.0).capacity_mu_s == pytest.approx(250.0)
+    table.set_config_factor("node0", 1.0)
+    assert table.snapshot_of("node0", 0.0).capacity_mu_s == 1000.0
+    assert table.snapshot_of("node1", 0.0).capacity_mu_s == 450.0
+
+
+def test_configuration_factor_is_bounded_and_rebuilds_snapshots() -> None:
+    table = make_table(1)
+    before = table.snapshot_of("node0", 0.0)
+    table.set_config_factor("node0", 1.0)
+    assert table.snapshot_of("node0", 0.0) is before  # unchanged: the same snapshot
+    table.set_config_factor("node0", 0.0)
+    assert table.entry("node0").config_capacity_factor == 1e-3  # never zero capacity
+    table.set_config_factor("node0", 7.0)
+    assert table.entry("node0").config_capacity_factor == 1.0
+    with pytest.raises(ValueError, match="finite"):
+        table.set_config_factor("node0", math.nan)
+    with pytest.raises(UnknownNodeError):
+        table.set_config_factor("nope", 0.5)
+
+
 # -- speed ---------------------------------------------------------------------------------
 
 

@@ -90,6 +90,7 @@ def test_unknown_top_level_key(tmp_path: Path, base: dict[str, Any]) -> None:
         ("policy", "parms"),
         ("admission", "best_effort_marign"),
         ("scrape", "intervall_s"),
+        ("engine_check", "untrusted_factor"),
     ],
 )
 def test_misspelt_nested_key(tmp_path: Path, base: dict[str, Any], section: str, key: str) -> None:
@@ -187,6 +188,26 @@ def test_empty_sections_are_refused(tmp_path: Path, base: dict[str, Any]) -> Non
         data = copy.deepcopy(base)
         data[key] = []
         assert key in _load_error(tmp_path, data)
+
+
+def test_engine_check_defaults_and_settings(tmp_path: Path, base: dict[str, Any]) -> None:
+    config = load_config(_write(tmp_path, base))
+    assert config.engine_check.enabled is True
+    assert config.engine_check.untrusted_capacity_factor == 0.5
+    base["engine_check"] = {"enabled": False, "untrusted_capacity_factor": 0.2}
+    config = load_config(_write(tmp_path, base))
+    assert (config.engine_check.enabled, config.engine_check.untrusted_capacity_factor) == (
+        False,
+        0.2,
+    )
+
+
+@pytest.mark.parametrize("factor", [0, -0.1, 1.5])
+def test_untrusted_capacity_factor_bounds(
+    tmp_path: Path, base: dict[str, Any], factor: float
+) -> None:
+    base["engine_check"] = {"untrusted_capacity_factor": factor}
+    assert "engine_check.untrusted_capacity_factor" in _load_error(tmp_path, base)
 
 
 def test_bad_values_name_their_key(tmp_path: Path, base: dict[str, Any]) -> None:

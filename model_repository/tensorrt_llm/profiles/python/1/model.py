@@ -9,6 +9,7 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
+from python_backends.engine_metrics import EngineMetrics
 from python_backends.engines import build_engine
 from python_backends.generation import (
     PRIORITY_PARAMETER,
@@ -109,10 +110,17 @@ class TritonPythonModel:
 
         tokenizer = AutoTokenizer.from_pretrained(str(Path(params["tokenizer_dir"])))
         self.token_bytes = TokenBytes.from_tokenizer(tokenizer)
-        self.metrics = TrtLlmMetrics(pb_utils, args["model_name"], args["model_version"])
-        self.engine.on_step = self.metrics.update
+        name, version = args["model_name"], args["model_version"]
+        self.metrics = TrtLlmMetrics(pb_utils, name, version)
+        self.engine_metrics = EngineMetrics(pb_utils, name, version, self.engine.info)
+        self.engine.on_step = self._on_step
+        self._on_step(self.engine.stats)  # the limits are known before the first request
         self.engine.on_fatal = _exit_stub
         self.engine.start()
+
+    def _on_step(self, stats):
+        self.metrics.update(stats)
+        self.engine_metrics.update(stats)
 
     def _holdback(self):
         return Utf8Holdback(self.token_bytes)
