@@ -91,7 +91,7 @@ class CalibrationSettings:
     hardware: str = "unknown"
     model_name: str = "unknown"
     reference: PairProfile | None = None
-    waves: int = 2
+    waves: int = 5
     seed: int = 0
     pace: PaceCheck = field(default_factory=PaceCheck)
     slow_down_factor: float = 2.0
