@@ -68,8 +68,10 @@ def capacity_factor(
 ) -> float:
     """The share of the profile's capacity the router grants a node that differs from it.
 
-    * fewer sequences in flight than the concurrency capacity was measured at: that ratio
-      (throughput at lower concurrency is at least proportional, so this is a lower bound);
+    * fewer sequences in flight than the engine ran at the capacity point (the capacity
+      concurrency, or the profile's own sequence limit when requests queued beyond it):
+      that ratio (throughput at lower concurrency is at least proportional, so this is a
+      lower bound);
     * a smaller KV cache or token budget than the profile's: that ratio;
     * a smaller time scale than the profile's (the host was only shown to keep pace with
       the slower emulation): that ratio;
@@ -80,8 +82,12 @@ def capacity_factor(
     multiply; 1 when nothing differs.
     """
     factor = 1.0
-    if node.max_num_sequences is not None and node.max_num_sequences < capacity_concurrency:
-        factor *= node.max_num_sequences / capacity_concurrency
+    # The engine ran at most its own limit at the capacity point; the rest queued.
+    ran = capacity_concurrency
+    if profile.max_num_sequences is not None:
+        ran = min(ran, profile.max_num_sequences)
+    if node.max_num_sequences is not None and node.max_num_sequences < ran:
+        factor *= node.max_num_sequences / ran
     for name in ("kv_cache_blocks", "max_num_tokens", "time_scale"):
         a, b = getattr(profile, name), getattr(node, name)
         if a is not None and b is not None and b < a:

@@ -72,9 +72,11 @@ class EngineVerdict:
             ]
             parts = [str(m) for m in self.mismatches]
             sequences = self.node_engine.max_num_sequences
+            profiled = self.profile_engine.max_num_sequences if self.profile_engine else None
+            ran = min(self.capacity_concurrency, profiled or self.capacity_concurrency)
             if (
                 sequences is not None
-                and sequences < self.capacity_concurrency
+                and sequences < ran
                 and not any(m.parameter == "max_num_sequences" for m in self.mismatches)
             ):
                 parts.append(
