@@ -8,7 +8,8 @@ configuration is read from the node and recorded in the profile.
    at rising concurrency until p99 TTFT or p99 TPOT breaks the SLO, then bisects to the
    knee; the answer rests on at least 200 requests, and a breaking level is re-run before
    it counts. Its request rate on the standard mix, ``capacity_rps``, sets the pair's MU/s.
-2. **Busy time per class.** At the capacity concurrency each request class runs alone,
+2. **Busy time per class.** At the capacity concurrency (or the engine's sequence limit,
+   if the knee lies past it: the rest would only queue) each request class runs alone,
    closed-loop; the steady request rate ``R`` gives the class's busy time ``1 / R`` (at
    capacity the engine is always busy, so each request's share of it is the wall time
    per completed request).
@@ -91,7 +92,7 @@ class CalibrationSettings:
     hardware: str = "unknown"
     model_name: str = "unknown"
     reference: PairProfile | None = None
-    waves: int = 5
+    waves: int = 3
     seed: int = 0
     pace: PaceCheck = field(default_factory=PaceCheck)
     slow_down_factor: float = 2.0
@@ -250,12 +251,16 @@ class Calibrator:
         concurrency, capacity_rps = result.concurrency, result.rps
         self.progress(f"[capacity] {capacity_rps:.2f} req/s at concurrency {concurrency}")
 
+        # Past its sequence limit the engine runs that many and the rest queue: the classes
+        # keep it just as full at the limit, for a fraction of the requests.
+        limit = self.engine_at_start.max_num_sequences if self.engine_at_start else None
+        busy_at = min(concurrency, limit or concurrency)
         measured: list[ClassPoint] = []
         total = len(s.sweep.fit) + len(s.sweep.heldout)
         for k, (cls, heldout) in enumerate(
             [(c, False) for c in s.sweep.fit] + [(c, True) for c in s.sweep.heldout], start=1
         ):
-            busy = self.measure_class(cls, concurrency)
+            busy = self.measure_class(cls, busy_at)
             shape = self.prompts.shape(cls, 0)
             measured.append(ClassPoint(cls, shape, busy, heldout=heldout))
             self.progress(f"[classes {k}/{total}] {cls.name:<20} busy {busy * 1e3:9.2f} ms")
@@ -281,8 +286,8 @@ class Calibrator:
         held = [p for p in points if p.heldout]
         busy_mape = mape_pct([p.predicted_busy_s for p in held], [p.measured_busy_s for p in held])
 
-        mix = self._mix([(c, 1.0) for c in s.sweep.heldout], max(4 * concurrency, 48))
-        mix_rps = self._mix_rps(mix, concurrency)
+        mix = self._mix([(c, 1.0) for c in s.sweep.heldout], max(4 * busy_at, 48))
+        mix_rps = self._mix_rps(mix, busy_at)
         class_busy = {c: model.busy_s(self.prompts.shape(c, 0)) for c in set(mix)}
         mix_pred = 1.0 / (sum(class_busy[c] for c in mix) / len(mix))
         capacity_mape = mape_pct([mix_pred], [mix_rps])
