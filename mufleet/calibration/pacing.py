@@ -87,13 +87,16 @@ class TimeScale:
 
     def raise_by(self, factor: float) -> float:
         """Reload the engine model ``factor`` times slower; returns the new time scale."""
+        return self.set(self.current() * factor)
+
+    def set(self, value: float) -> float:
+        """Reload the engine model at time scale ``value`` (its other settings unchanged)."""
         client = grpcclient.InferenceServerClient(self.url)
         try:
             config = self._config(client)
             params = config.setdefault("parameters", {})
             assert isinstance(params, dict)
-            old = float(params.get("time_scale", {}).get("string_value") or 1.0)
-            new = old * factor
+            new = value
             params["time_scale"] = {"string_value": f"{new:g}"}
             client.load_model(self.model, config=json.dumps(config))
             deadline = time.monotonic() + self.ready_timeout_s

@@ -117,6 +117,8 @@ class Calibrator:
         self.engine_at_start = start.record
         self.emulated = start.record is not None and start.record.engine == "sim"
         self._used_prompts = 0
+        self.baseline_time_scale = self.time_scale
+        """The time scale the capacity point was measured at: each class starts from it."""
         self._cold = True
         """The engine lost its KV cache (new, or reloaded): shared prefixes need warming."""
 
@@ -217,9 +219,20 @@ class Calibrator:
         search.run()
         return search
 
+    def _back_to(self, time_scale: float) -> None:
+        """Undo a slow-down that one workload needed before the next, lighter one runs.
+
+        A short class may need a much slower emulation than a long one; keeping the
+        slowest for everything after it would only stretch the calibration.
+        """
+        if self.emulated and self.time_scale != time_scale:
+            self.time_scale = self.scale.set(time_scale)
+            self._cold = True
+
     def measure_class(self, cls: RequestClass, concurrency: int) -> float:
         """Busy seconds per request of ``cls`` at ``concurrency`` (emulated time)."""
         count = max(self.s.waves * concurrency, 32)
+        self._back_to(self.baseline_time_scale)
         for _ in range(MAX_CLASS_PACING_FIXES + 1):
             scale = self.time_scale
             run, paced = self._run([cls] * count, concurrency)
@@ -228,7 +241,8 @@ class Calibrator:
         return 1.0 / (run.steady_rps() * scale)
 
     def engine_record(self) -> EngineRecord | None:
-        """The node's engine configuration now, with the time scale the figures were taken at."""
+        """The node's engine configuration now, with the time scale its capacity was
+        measured at (the host kept pace there)."""
         record = read_gauges(self.s.metrics_url, self.s.engine_model).record
         if record is None:
             return None
@@ -238,7 +252,7 @@ class Calibrator:
             update=unscaled
         ):
             raise RuntimeError(f"the engine changed during calibration: {start} -> {record}")
-        return record.model_copy(update={"time_scale": self.time_scale})
+        return record.model_copy(update={"time_scale": self.baseline_time_scale})
 
     def calibrate(self) -> Calibration:
         s = self.s
@@ -247,6 +261,7 @@ class Calibrator:
             f"{self.engine_at_start or 'unreported'}, time scale {self.time_scale:g})"
         )
         search = self.capacity_search()
+        self.baseline_time_scale = self.time_scale
         result = search.result
         concurrency, capacity_rps = result.concurrency, result.rps
         self.progress(f"[capacity] {capacity_rps:.2f} req/s at concurrency {concurrency}")
@@ -328,6 +343,7 @@ class Calibrator:
         )
 
     def _mix_rps(self, mix: list[RequestClass], concurrency: int) -> float:
+        self._back_to(self.baseline_time_scale)
         for _ in range(MAX_CLASS_PACING_FIXES + 1):
             scale = self.time_scale
             run, paced = self._run(mix, concurrency)
@@ -355,7 +371,7 @@ class Calibrator:
             capacity_rps=capacity_rps,
             slo=s.slo,
             reference=s.reference is None,
-            time_scale=self.time_scale,
+            time_scale=self.baseline_time_scale,
             engine=engine,
             fit=fit,
         )
