@@ -168,6 +168,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="calibrations per pair, each on a fresh node; the first is saved as the profile "
         "and the spread goes to reproducibility.md",
     )
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        help="an existing reference profile (default: the first pair is the reference)",
+    )
     parser.add_argument("--profiles-dir", type=Path, default=ROOT / "profiles")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "calibration")
     args = parser.parse_args(argv)
@@ -175,8 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     tokenizer_dir = default_model_dir()
     results: list[Calibration] = []
     runs_by_pair: dict[str, list[Calibration]] = {}
-    reference: PairProfile | None = None
+    reference = PairProfile.load(args.reference) if args.reference else None
     args.out.mkdir(parents=True, exist_ok=True)
+    args.profiles_dir.mkdir(parents=True, exist_ok=True)
     for k, text in enumerate(args.pairs, start=1):
         spec = parse_pair(text, tokenizer_dir)
         runs = runs_by_pair.setdefault(spec.name, [])

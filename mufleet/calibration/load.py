@@ -183,8 +183,11 @@ async def _closed_loop(
     ramp: int,
     stagger_s: float,
     timeout_s: float,
+    on_window: Callable[[str], None],
 ) -> LoadRun:
     client = grpcaio.InferenceServerClient(url)
+    loop = asyncio.get_running_loop()
+    marks: list[asyncio.Future[None]] = []
     next_index = 0
     timings: list[EngineTiming | None] = [None] * (ramp + count)
     measured_left = count
@@ -197,6 +200,8 @@ async def _closed_loop(
         while not all_measured.is_set():
             i = next_index
             next_index += 1
+            if i == ramp:  # the loop is full: the measured window opens
+                marks.append(loop.run_in_executor(None, on_window, "start"))
             timing = await _one(client, model, make_inputs(i), timeout_s)
             if timing.error is None:
                 completions.append(timing.finished_at)
@@ -209,6 +214,8 @@ async def _closed_loop(
     workers = [asyncio.create_task(worker(k)) for k in range(concurrency)]
     try:
         await all_measured.wait()
+        marks.append(loop.run_in_executor(None, on_window, "end"))
+        await asyncio.gather(*marks)
     finally:
         for task in workers:  # the tail: cancelled in flight, so the loop never drains
             task.cancel()
@@ -227,6 +234,7 @@ def closed_loop(
     stagger_s: float = 0.0,
     timeout_s: float = 600.0,
     ramp: int | None = None,
+    on_window: Callable[[str], None] = lambda mark: None,
 ) -> LoadRun:
     """``concurrency`` requests kept in flight until ``count`` measured ones are done.
 
@@ -235,6 +243,10 @@ def closed_loop(
     so every measured request ran with the loop full. Worker ``k`` starts ``k * stagger_s``
     late: identical requests started together would finish together and run in lockstep
     waves; staggered starts keep the batch full and completions evenly spread.
+
+    ``on_window("start")`` runs (in a worker thread) as the first measured request is sent
+    and ``on_window("end")`` as the last one finishes, before the tail is cancelled: what
+    the node's gauges say between the two describes the measured window only.
     """
     start = time.perf_counter()
     run = asyncio.run(
@@ -247,6 +259,7 @@ def closed_loop(
             concurrency if ramp is None else ramp,
             stagger_s,
             timeout_s,
+            on_window,
         )
     )
     if not run.timings or len(run.errors) == len(run.timings):

@@ -14,7 +14,9 @@ both read per load point:
 
 Either flags the point; :class:`TimeScale` then slows the emulation (reloading the engine
 model with a larger ``time_scale`` through Triton's repository API, with the node's own
-configuration otherwise unchanged) and the point is measured again. Durations are divided
+configuration otherwise unchanged) and the point is measured again. A lag that a slower
+emulation does not shrink (by a third, at least) is not the host failing to keep pace,
+and the point is kept, with a note. Durations are divided
 by the time scale in force, so points measured before and after stay comparable.
 
 An engine that computes (cpu) has no timeline to fall behind: the host *is* its hardware.
@@ -55,6 +57,17 @@ def read_gauges(metrics_url: str, model: str = ENGINE_MODEL) -> EngineGauges:
 class PaceCheck:
     max_lost_share: float = 0.02
     min_occupancy: float = 0.85
+
+    helped: float = 0.67
+    """A slow-down helped if the severity fell below this share of what it was."""
+
+    def severity(self, lost_s: float, wall_s: float, occupancy: float) -> float:
+        """How far past its thresholds a point is (above 1: the host set its pace)."""
+        lost = lost_s / wall_s / self.max_lost_share if wall_s > 0 else 0.0
+        starved = 0.0
+        if occupancy == occupancy:  # not NaN
+            starved = (1.0 - occupancy) / (1.0 - self.min_occupancy)
+        return max(lost, starved)
 
     def verdict(self, lost_s: float, wall_s: float, occupancy: float) -> str | None:
         """Why the host set the pace of a point, or ``None`` when it did not."""

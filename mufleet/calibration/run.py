@@ -95,6 +95,7 @@ class CalibrationSettings:
     waves: int = 3
     seed: int = 0
     pace: PaceCheck = field(default_factory=PaceCheck)
+    """When a sim point counts as host-paced (see :mod:`mufleet.calibration.pacing`)."""
     slow_down_factor: float = 2.0
     nonce: int = field(default_factory=lambda: random.SystemRandom().randrange(2**32))
     """Makes this calibration's prompts new to a server that saw earlier calibrations."""
@@ -119,6 +120,7 @@ class Calibrator:
         self._used_prompts = 0
         self.baseline_time_scale = self.time_scale
         """The time scale the capacity point was measured at: each class starts from it."""
+        self._severity: dict[str, float] = {}
         self._cold = True
         """The engine lost its KV cache (new, or reloaded): shared prefixes need warming."""
 
@@ -160,10 +162,19 @@ class Calibrator:
         self._cold = False
         return sum(t.finished_at - t.sent_at for t in run.timings) / len(run.timings)
 
-    def _run(self, classes: list[RequestClass], concurrency: int) -> tuple[LoadRun, str | None]:
-        """One closed-loop run, and why the host set its pace (``None``: it did not)."""
+    def _run(
+        self, classes: list[RequestClass], concurrency: int, key: str
+    ) -> tuple[LoadRun, str | None]:
+        """One closed-loop run, and why the host set its pace (``None``: it did not).
+
+        ``key`` names the workload, so that a lag a slow-down did not shrink is kept.
+        """
         latency = self._warm(classes)
-        before = read_gauges(self.s.metrics_url, self.s.engine_model)
+        window: dict[str, EngineGauges] = {}
+
+        def mark(name: str) -> None:
+            window[name] = read_gauges(self.s.metrics_url, self.s.engine_model)
+
         run = closed_loop(
             self.s.url,
             self.s.engine_model,
@@ -171,16 +182,30 @@ class Calibrator:
             concurrency,
             len(classes),
             stagger_s=latency / concurrency,
+            on_window=mark,
         )
-        after = read_gauges(self.s.metrics_url, self.s.engine_model)
         if run.errors:
             self.progress(f"  {len(run.errors)} errors, first: {run.errors[0]}")
-        return run, self._paced(run, before, after)
+        return run, self._paced(run, window["start"], window["end"], key)
 
-    def _paced(self, run: LoadRun, before: EngineGauges, after: EngineGauges) -> str | None:
+    def _paced(self, run: LoadRun, start: EngineGauges, end: EngineGauges, key: str) -> str | None:
+        """Judged on the measured window alone: filling the loop and cancelling its tail
+        cost the engine a burst of work that no measured request waited on."""
         if not self.emulated:
             return None  # an engine that computes has no timeline to fall behind
-        return self.s.pace.verdict(after.lost_s - before.lost_s, run.wall_s, run.occupancy())
+        lost, occupancy, wall = end.lost_s - start.lost_s, run.occupancy(), end.at - start.at
+        why = self.s.pace.verdict(lost, wall, occupancy)
+        if why is None:
+            self._severity.pop(key, None)
+            return None
+        severity = self.s.pace.severity(lost, wall, occupancy)
+        before_slowing = self._severity.get(key)
+        if before_slowing is not None and severity > self.s.pace.helped * before_slowing:
+            self._severity.pop(key, None)
+            self.progress(f"[pacing] {key}: {why}, as before the slow-down: kept")
+            return None
+        self._severity[key] = severity
+        return why
 
     def _slow_down(self, why: str) -> bool:
         if not self.emulated:
@@ -195,7 +220,7 @@ class Calibrator:
     def measure_level(self, level: int, samples: int) -> LoadPoint:
         """The standard mix at concurrency ``level`` (emulated seconds)."""
         scale = self.time_scale
-        run, paced = self._run(self._mix(list(STANDARD_MIX), samples), level)
+        run, paced = self._run(self._mix(list(STANDARD_MIX), samples), level, f"c={level}")
         return LoadPoint(
             level,
             run.steady_rps() * scale,
@@ -235,7 +260,7 @@ class Calibrator:
         self._back_to(self.baseline_time_scale)
         for _ in range(MAX_CLASS_PACING_FIXES + 1):
             scale = self.time_scale
-            run, paced = self._run([cls] * count, concurrency)
+            run, paced = self._run([cls] * count, concurrency, cls.name)
             if paced is None or not self._slow_down(f"{cls.name}: {paced}"):
                 return 1.0 / (run.steady_rps() * scale)
         return 1.0 / (run.steady_rps() * scale)
@@ -346,7 +371,7 @@ class Calibrator:
         self._back_to(self.baseline_time_scale)
         for _ in range(MAX_CLASS_PACING_FIXES + 1):
             scale = self.time_scale
-            run, paced = self._run(mix, concurrency)
+            run, paced = self._run(mix, concurrency, "held-out mix")
             if paced is None or not self._slow_down(f"held-out mix: {paced}"):
                 break
         return run.steady_rps() * scale
