@@ -127,7 +127,10 @@ class RenderParams(BaseModel):
         if data.get("profile") == "sim" and data.get("hardware_profile"):
             from python_backends.sim_engine.hardware import HardwareProfile, resolve_profile
 
-            hardware = HardwareProfile.load(resolve_profile(str(data["hardware_profile"])))
+            try:
+                hardware = HardwareProfile.load(resolve_profile(str(data["hardware_profile"])))
+            except (OSError, ValueError):  # a file only the serving machine has: the default
+                return data
             data["max_batch_size"] = min(hardware.max_num_sequences, 1024)
         return data
 
