@@ -52,6 +52,9 @@ from router.engine_record import EngineRecord
 Progress = Callable[[str], None]
 MAX_CLASS_PACING_FIXES = 4
 PROMPTS_PER_RUN = 1_000_000
+MIN_CLASS_REQUESTS = 240
+"""Measured requests per class at least: a class's busy time is a rate, and a short
+window of completions makes every prediction built on it noisy."""
 
 
 @dataclass(frozen=True)
@@ -256,7 +259,7 @@ class Calibrator:
 
     def measure_class(self, cls: RequestClass, concurrency: int) -> float:
         """Busy seconds per request of ``cls`` at ``concurrency`` (emulated time)."""
-        count = max(self.s.waves * concurrency, 32)
+        count = max(self.s.waves * concurrency, MIN_CLASS_REQUESTS)
         self._back_to(self.baseline_time_scale)
         for _ in range(MAX_CLASS_PACING_FIXES + 1):
             scale = self.time_scale
