@@ -1,4 +1,4 @@
-"""Small client helpers shared by the integration tests (real HTTP and gRPC)."""
+"""Small clients shared by the integration tests (real HTTP and gRPC)."""
 
 from __future__ import annotations
 

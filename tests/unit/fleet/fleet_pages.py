@@ -1,4 +1,4 @@
-"""Test helper for the fleet tests: Triton 2.51 ``/metrics`` pages in the server's text format.
+"""Fixtures for the fleet tests: Triton 2.51 ``/metrics`` pages in the server's text format.
 
 Triton (prometheus-cpp) writes HELP and TYPE lines, labels sorted by name, counters without the
 ``_total`` suffix and integers without a decimal point. The ``nv_trt_llm_*`` gauges are the
