@@ -60,6 +60,14 @@ def mismatches(profile: EngineRecord, node: EngineRecord) -> list[Mismatch]:
     return found
 
 
+def sequences_at_capacity(profile: EngineRecord | None, capacity_concurrency: int) -> int:
+    """Sequences the engine ran at the capacity point: at most its own limit (the rest of
+    the requests in flight queued)."""
+    if profile is None or profile.max_num_sequences is None:
+        return capacity_concurrency
+    return min(capacity_concurrency, profile.max_num_sequences)
+
+
 def capacity_factor(
     profile: EngineRecord,
     node: EngineRecord,
@@ -82,10 +90,7 @@ def capacity_factor(
     multiply; 1 when nothing differs.
     """
     factor = 1.0
-    # The engine ran at most its own limit at the capacity point; the rest queued.
-    ran = capacity_concurrency
-    if profile.max_num_sequences is not None:
-        ran = min(ran, profile.max_num_sequences)
+    ran = sequences_at_capacity(profile, capacity_concurrency)
     if node.max_num_sequences is not None and node.max_num_sequences < ran:
         factor *= node.max_num_sequences / ran
     for name in ("kv_cache_blocks", "max_num_tokens", "time_scale"):

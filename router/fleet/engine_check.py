@@ -23,7 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router.cost_model import PairProfile
-from router.engine_record import EngineRecord, Mismatch, capacity_factor, mismatches
+from router.engine_record import (
+    EngineRecord,
+    Mismatch,
+    capacity_factor,
+    mismatches,
+    sequences_at_capacity,
+)
 
 __all__ = ["EngineCheck", "EngineVerdict"]
 
@@ -72,8 +78,7 @@ class EngineVerdict:
             ]
             parts = [str(m) for m in self.mismatches]
             sequences = self.node_engine.max_num_sequences
-            profiled = self.profile_engine.max_num_sequences if self.profile_engine else None
-            ran = min(self.capacity_concurrency, profiled or self.capacity_concurrency)
+            ran = sequences_at_capacity(self.profile_engine, self.capacity_concurrency)
             if (
                 sequences is not None
                 and sequences < ran
