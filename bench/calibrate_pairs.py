@@ -183,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     reference = PairProfile.load(args.reference) if args.reference else None
     args.out.mkdir(parents=True, exist_ok=True)
     args.profiles_dir.mkdir(parents=True, exist_ok=True)
+    if args.repeat > 1:
+        (args.out / "runs").mkdir(exist_ok=True)
     for k, text in enumerate(args.pairs, start=1):
         spec = parse_pair(text, tokenizer_dir)
         runs = runs_by_pair.setdefault(spec.name, [])
@@ -190,6 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"=== pair {k}/{len(args.pairs)}: {spec.name}, run {repeat}/{args.repeat}")
             runs.append(calibrate_pair(spec, slo, reference, not args.full, args.out))
             if args.repeat > 1:
+                runs[-1].profile.save(args.out / "runs" / f"{spec.name}-{repeat}.json")
                 (args.out / "reproducibility.md").write_text(table(runs_by_pair) + "\n")
         cal = runs[0]
         reference = reference or cal.profile

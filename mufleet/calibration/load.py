@@ -29,6 +29,7 @@ class EngineTiming:
     """One request: client wall times (``perf_counter``) and the engine's own timestamps."""
 
     sent_at: float
+    """When its slot of the closed loop began it (built its inputs, then sent them)."""
     finished_at: float
     arrival_ns: int = 0
     first_token_ns: int = 0
@@ -65,8 +66,6 @@ class LoadRun:
 
     concurrency: int
     timings: list[EngineTiming]
-    completions: tuple[float, ...] = ()
-    """When every successful request of the run finished, measured or not."""
 
     @property
     def errors(self) -> list[str]:
@@ -77,24 +76,21 @@ class LoadRun:
         return max(t.finished_at for t in self.timings) - min(t.sent_at for t in self.timings)
 
     def steady_rps(self) -> float:
-        """Completions per second while the loop was full.
+        """Successful completions per second while the loop was full, by Little's law.
 
-        From the first measured send (the loop had just filled) to the last measured
-        completion (the tail was still in flight), every completion counts, measured or
-        not: the measured requests alone are only part of what the engine finished then.
+        Each of the ``concurrency`` slots begins its next request the moment its last one
+        ends, so the loop completes ``concurrency`` requests per mean cycle (a measured
+        request's ``sent_at`` to ``finished_at``), whatever the order or spacing of the
+        completions. Counting completions between two instants instead depends on where the
+        instants fall: identical requests drift into lockstep waves, and a window that opens
+        on one wave's completions and closes on another's counts a wave too many.
         """
-        good = [t for t in self.timings if t.error is None]
-        if self.completions and good:
-            start = min(t.sent_at for t in good)
-            end = max(t.finished_at for t in good)
-            within = sum(1 for c in self.completions if start < c <= end)
-            if end > start and within >= 2:
-                return within / (end - start)
-        done = sorted(t.finished_at for t in good)
-        if len(done) >= 2 and done[-1] > done[0]:
-            return (len(done) - 1) / (done[-1] - done[0])
-        wall = self.wall_s
-        return len(done) / wall if done and wall > 0 else float("nan")
+        cycles = [t.finished_at - t.sent_at for t in self.timings]
+        mean_cycle = sum(cycles) / len(cycles) if cycles else 0.0
+        if mean_cycle <= 0:
+            return float("nan")
+        succeeded = sum(1 for t in self.timings if t.error is None) / len(self.timings)
+        return self.concurrency * succeeded / mean_cycle
 
     def values(self, metric: str) -> list[float]:
         """``ttft_s``, ``tpot_s`` or ``engine_s`` of every request that has it."""
@@ -131,11 +127,11 @@ async def _one(
     model: str,
     inputs: list[grpcclient.InferInput],
     timeout_s: float,
+    sent: float,
 ) -> EngineTiming:
     async def requests() -> AsyncIterator[dict[str, object]]:
         yield {"model_name": model, "inputs": inputs}
 
-    sent = time.perf_counter()
     final: grpcclient.InferResult | None = None
     tokens = 0
     try:
@@ -192,7 +188,6 @@ async def _closed_loop(
     timings: list[EngineTiming | None] = [None] * (ramp + count)
     measured_left = count
     all_measured = asyncio.Event()
-    completions: list[float] = []
 
     async def worker(k: int) -> None:
         nonlocal next_index, measured_left
@@ -202,9 +197,8 @@ async def _closed_loop(
             next_index += 1
             if i == ramp:  # the loop is full: the measured window opens
                 marks.append(loop.run_in_executor(None, on_window, "start"))
-            timing = await _one(client, model, make_inputs(i), timeout_s)
-            if timing.error is None:
-                completions.append(timing.finished_at)
+            began = time.perf_counter()
+            timing = await _one(client, model, make_inputs(i), timeout_s, began)
             if ramp <= i < ramp + count:
                 timings[i] = timing
                 measured_left -= 1
@@ -222,7 +216,7 @@ async def _closed_loop(
         await asyncio.gather(*workers, return_exceptions=True)
         await client.close()
     measured = [t for t in timings[ramp:] if t is not None]
-    return LoadRun(concurrency, measured, tuple(completions))
+    return LoadRun(concurrency, measured)
 
 
 def closed_loop(

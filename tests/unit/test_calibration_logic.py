@@ -58,44 +58,55 @@ def _run(concurrency: int, timings: list[EngineTiming]) -> LoadRun:
 # -- LoadRun.steady_rps -----------------------------------------------------------------
 
 
+def _closed_loop(concurrency: int, cycles: Sequence[float], waves: int) -> list[EngineTiming]:
+    """Each slot runs ``waves`` back-to-back requests; slot ``k`` takes ``cycles[k]`` each."""
+    return [
+        _timing(w * cycles[k], (w + 1) * cycles[k])
+        for k in range(concurrency)
+        for w in range(waves)
+    ]
+
+
 @pytest.mark.parametrize("concurrency", [1, 2, 4, 16])
-def test_evenly_spaced_completions_give_their_rate(concurrency: int) -> None:
-    times = [1.0 + i / RATE for i in range(80)]
+def test_a_closed_loop_completes_concurrency_requests_per_cycle(concurrency: int) -> None:
+    timings = _closed_loop(concurrency, [0.5] * concurrency, waves=5)
 
-    rps = _run(concurrency, _done_at(times)).steady_rps()
+    assert _run(concurrency, timings).steady_rps() == pytest.approx(concurrency / 0.5)
 
-    assert rps == pytest.approx(RATE, rel=0.01)
+
+def test_lockstep_waves_count_once_each() -> None:
+    # 8 identical requests finish together every 0.5 s: 16 req/s. A window from the first
+    # wave's completions to the last's would see 24 completions in 1 s.
+    timings = _closed_loop(8, [0.5] * 8, waves=3)
+
+    assert _run(8, timings).steady_rps() == pytest.approx(16.0)
+
+
+def test_slots_with_different_cycles_give_the_loop_s_rate() -> None:
+    # Little's law: 4 slots and a mean cycle of 0.25 s.
+    timings = _closed_loop(4, [0.1, 0.2, 0.3, 0.4], waves=12)
+
+    assert _run(4, timings).steady_rps() == pytest.approx(4 / 0.25)
 
 
 def test_completion_order_not_list_order_counts() -> None:
-    times = [1.0 + i / RATE for i in range(60)]
-    shuffled = times[1::2] + times[::2]
+    timings = _closed_loop(4, [0.5] * 4, waves=6)
 
-    assert _run(4, _done_at(shuffled)).steady_rps() == pytest.approx(RATE, rel=0.01)
-
-
-def test_failed_requests_are_not_completions() -> None:
-    times = [1.0 + i / RATE for i in range(60)]
-    failed = [EngineTiming(t - 0.1, t, error="boom") for t in (1.01, 2.02, 3.03)]
-
-    run = _run(4, _done_at(times) + failed)
-
-    assert run.steady_rps() == pytest.approx(RATE, rel=0.01)
-    assert run.errors == ["boom"] * 3
+    assert _run(4, timings[1::2] + timings[::2]).steady_rps() == pytest.approx(8.0)
 
 
-def test_short_run_falls_back_to_the_whole_run() -> None:
-    times = [1.0, 1.5, 1.7, 2.6, 2.7, 3.0, 3.9, 4.0, 4.2, 5.0]
-    run = _run(8, _done_at(times))
+def test_failed_requests_take_their_slot_s_time_but_are_not_completions() -> None:
+    good = _closed_loop(4, [0.5] * 4, waves=3)
+    failed = [_timing(0.0, 0.5, error="boom") for _ in range(4)]
 
-    assert run.steady_rps() == pytest.approx((len(times) - 1) / (times[-1] - times[0]))
+    run = _run(4, good + failed)
+
+    assert run.steady_rps() == pytest.approx(8.0 * 12 / 16)
+    assert run.errors == ["boom"] * 4
 
 
-def test_simultaneous_completions_use_the_wall_time_from_the_first_send() -> None:
-    timings = [_timing(sent, 2.0) for sent in (0.0, 0.5, 1.0)]
-
-    assert _run(3, timings).steady_rps() == pytest.approx(3 / 2.0)
-    assert _run(1, timings[:1]).steady_rps() == pytest.approx(1 / 2.0)
+def test_no_measured_request_has_no_rate() -> None:
+    assert math.isnan(_run(4, []).steady_rps())
 
 
 # -- LoadRun.percentile -----------------------------------------------------------------
@@ -246,11 +257,8 @@ def test_classes_of_a_sweep_share_no_prefix(factory: PromptFactory, sweep: Sweep
     assert {pair: n for pair, n in shared.items() if n >= BLOCK} == {}
 
 
-def test_the_rate_counts_every_completion_while_the_loop_was_full() -> None:
-    # 4 in flight, one completion every 0.125 s; only every other request is measured,
-    # but the engine finished all of them.
-    times = [1.0 + i / RATE for i in range(80)]
-    timings = _done_at(times)
-    run = LoadRun(4, timings[10:70:2], tuple(t.finished_at for t in timings))
-    assert run.steady_rps() == pytest.approx(RATE, rel=0.05)
-    assert LoadRun(4, timings[10:70:2]).steady_rps() == pytest.approx(RATE / 2, rel=0.05)
+def test_measuring_some_of_the_loop_s_requests_gives_the_whole_loop_s_rate() -> None:
+    # 4 slots of 0.5 s cycles; only every other request is measured.
+    timings = _closed_loop(4, [0.5] * 4, waves=20)
+
+    assert LoadRun(4, timings[::2]).steady_rps() == pytest.approx(8.0)
