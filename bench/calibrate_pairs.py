@@ -193,7 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             runs.append(calibrate_pair(spec, slo, reference, not args.full, args.out))
             if args.repeat > 1:
                 runs[-1].profile.save(args.out / "runs" / f"{spec.name}-{repeat}.json")
-                (args.out / "reproducibility.md").write_text(table(runs_by_pair) + "\n")
+                profiles = {pair: [r.profile for r in cals] for pair, cals in runs_by_pair.items()}
+                (args.out / "reproducibility.md").write_text(table(profiles) + "\n")
         cal = runs[0]
         reference = reference or cal.profile
         cal.profile.save(args.profiles_dir / f"{spec.name}.json")
