@@ -79,6 +79,15 @@ class Calibration:
     notes: list[str] = field(default_factory=list)
 
 
+def engine_rps(run: LoadRun, time_scale: float, lost_share: float) -> float:
+    """The run's rate on the engine's emulated clock.
+
+    Lost timeline is time in which the engine did not run: its completions took the rest
+    of the window, each emulated second ``time_scale`` wall seconds.
+    """
+    return run.steady_rps() * time_scale / (1.0 - lost_share)
+
+
 @dataclass(frozen=True)
 class CalibrationSettings:
     url: str
@@ -166,11 +175,13 @@ class Calibrator:
         return sum(t.finished_at - t.sent_at for t in run.timings) / len(run.timings)
 
     def _run(
-        self, classes: list[RequestClass], concurrency: int, key: str
-    ) -> tuple[LoadRun, str | None]:
-        """One closed-loop run, and why the host set its pace (``None``: it did not).
+        self, classes: list[RequestClass], concurrency: int, key: str, rates_only: bool = False
+    ) -> tuple[LoadRun, str | None, float]:
+        """One closed-loop run, why the host set its pace (``None``: it did not), and the
+        share of the measured window that the engine's timeline lost.
 
-        ``key`` names the workload, so that a lag a slow-down did not shrink is kept.
+        ``key`` names the workload, so that a lag a slow-down did not shrink is kept;
+        ``rates_only`` runs tolerate lost timeline up to ``max_corrected_lost_share``.
         """
         latency = self._warm(classes)
         window: dict[str, EngineGauges] = {}
@@ -189,19 +200,24 @@ class Calibrator:
         )
         if run.errors:
             self.progress(f"  {len(run.errors)} errors, first: {run.errors[0]}")
-        return run, self._paced(run, window["start"], window["end"], key)
+        start, end = window["start"], window["end"]
+        wall = end.at - start.at
+        lost_share = min(max((end.lost_s - start.lost_s) / wall, 0.0), 0.5) if wall > 0 else 0.0
+        return run, self._paced(run, start, end, key, rates_only), lost_share
 
-    def _paced(self, run: LoadRun, start: EngineGauges, end: EngineGauges, key: str) -> str | None:
+    def _paced(
+        self, run: LoadRun, start: EngineGauges, end: EngineGauges, key: str, rates_only: bool
+    ) -> str | None:
         """Judged on the measured window alone: filling the loop and cancelling its tail
         cost the engine a burst of work that no measured request waited on."""
         if not self.emulated:
             return None  # an engine that computes has no timeline to fall behind
         lost, occupancy, wall = end.lost_s - start.lost_s, run.occupancy(), end.at - start.at
-        why = self.s.pace.verdict(lost, wall, occupancy)
+        why = self.s.pace.verdict(lost, wall, occupancy, rates_only)
         if why is None:
             self._severity.pop(key, None)
             return None
-        severity = self.s.pace.severity(lost, wall, occupancy)
+        severity = self.s.pace.severity(lost, wall, occupancy, rates_only)
         before_slowing = self._severity.get(key)
         if before_slowing is not None and severity > self.s.pace.helped * before_slowing:
             self._severity.pop(key, None)
@@ -223,7 +239,7 @@ class Calibrator:
     def measure_level(self, level: int, samples: int) -> LoadPoint:
         """The standard mix at concurrency ``level`` (emulated seconds)."""
         scale = self.time_scale
-        run, paced = self._run(self._mix(list(STANDARD_MIX), samples), level, f"c={level}")
+        run, paced, _ = self._run(self._mix(list(STANDARD_MIX), samples), level, f"c={level}")
         return LoadPoint(
             level,
             run.steady_rps() * scale,
@@ -263,10 +279,10 @@ class Calibrator:
         self._back_to(self.baseline_time_scale)
         for _ in range(MAX_CLASS_PACING_FIXES + 1):
             scale = self.time_scale
-            run, paced = self._run([cls] * count, concurrency, cls.name)
+            run, paced, lost = self._run([cls] * count, concurrency, cls.name, rates_only=True)
             if paced is None or not self._slow_down(f"{cls.name}: {paced}"):
-                return 1.0 / (run.steady_rps() * scale)
-        return 1.0 / (run.steady_rps() * scale)
+                break
+        return 1.0 / engine_rps(run, scale, lost)
 
     def engine_record(self) -> EngineRecord | None:
         """The node's engine configuration now, with the time scale its capacity was
@@ -374,10 +390,10 @@ class Calibrator:
         self._back_to(self.baseline_time_scale)
         for _ in range(MAX_CLASS_PACING_FIXES + 1):
             scale = self.time_scale
-            run, paced = self._run(mix, concurrency, "held-out mix")
+            run, paced, lost = self._run(mix, concurrency, "held-out mix", rates_only=True)
             if paced is None or not self._slow_down(f"held-out mix: {paced}"):
                 break
-        return run.steady_rps() * scale
+        return engine_rps(run, scale, lost)
 
     def _profile(
         self,

@@ -11,6 +11,7 @@ import pytest
 
 from mufleet.calibration.load import EngineTiming, LoadRun
 from mufleet.calibration.pacing import PaceCheck
+from mufleet.calibration.run import engine_rps
 from mufleet.calibration.workload import (
     FULL_SWEEP,
     QUICK_SWEEP,
@@ -154,6 +155,25 @@ def test_the_pace_check_flags_lost_timeline_and_a_starved_engine() -> None:
     assert "lost 0.50 s" in (check.verdict(lost_s=0.5, wall_s=10.0, occupancy=0.99) or "")
     assert "held 60%" in (check.verdict(lost_s=0.0, wall_s=10.0, occupancy=0.6) or "")
     assert check.verdict(lost_s=0.0, wall_s=10.0, occupancy=math.nan) is None
+
+
+def test_a_rate_tolerates_lost_timeline_that_percentiles_do_not() -> None:
+    check = PaceCheck(max_lost_share=0.02, max_corrected_lost_share=0.10, min_occupancy=0.85)
+
+    assert check.verdict(lost_s=0.5, wall_s=10.0, occupancy=0.99) is not None
+    assert check.verdict(lost_s=0.5, wall_s=10.0, occupancy=0.99, rates_only=True) is None
+    assert check.verdict(lost_s=1.5, wall_s=10.0, occupancy=0.99, rates_only=True) is not None
+    # A starved engine is starved for rates too.
+    assert check.verdict(lost_s=0.0, wall_s=10.0, occupancy=0.6, rates_only=True) is not None
+    assert check.severity(0.5, 10.0, 0.99, rates_only=True) == pytest.approx(0.5)
+
+
+def test_the_engine_s_rate_is_taken_over_the_timeline_it_did_not_lose() -> None:
+    run = _run(4, _closed_loop(4, [0.5] * 4, waves=5))  # 8 req/s on the wall clock
+
+    assert engine_rps(run, time_scale=1.0, lost_share=0.0) == pytest.approx(8.0)
+    assert engine_rps(run, time_scale=2.0, lost_share=0.0) == pytest.approx(16.0)
+    assert engine_rps(run, time_scale=2.0, lost_share=0.2) == pytest.approx(20.0)
 
 
 # -- request classes and sweeps ---------------------------------------------------------
