@@ -53,8 +53,8 @@ Progress = Callable[[str], None]
 MAX_CLASS_PACING_FIXES = 4
 PROMPTS_PER_RUN = 1_000_000
 MIN_CLASS_REQUESTS = 240
-"""Measured requests per class at least: a class's busy time is a rate, and a short
-window of completions makes every prediction built on it noisy."""
+"""Measured requests per class at least: a class's busy time is a mean round trip, and
+the predictions built on it inherit the noise of a short one."""
 
 
 @dataclass(frozen=True)
