@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from calibration_repro import table
+from calibration_summary import plot, summary
 
 from mufleet.calibration.report import write_report
 from mufleet.calibration.run import Calibration, CalibrationSettings, Calibrator
@@ -104,57 +105,6 @@ def calibrate_pair(
         node.stop()
 
 
-def summary(results: list[Calibration]) -> str:
-    lines = [
-        "| pair | capacity (MU/s) | req/s at capacity | concurrency | base (ms) "
-        "| prefill (µs/tok) | decode (ms/tok) | context (ns/tok²) | MAPE busy | MAPE capacity |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for cal in results:
-        p, c, f = cal.profile, cal.profile.coefficients, cal.profile.fit
-        assert f is not None
-        lines.append(
-            f"| `{p.pair}` | {p.capacity_mu_s:.0f} | {p.capacity_rps:.2f} | "
-            f"{p.capacity_concurrency} | {c.base_s * 1e3:.2f} | {c.prefill_token_s * 1e6:.2f} | "
-            f"{c.output_token_s * 1e3:.3f} | {c.context_output_s * 1e9:.3f} | "
-            f"{f.mape_busy_pct:.1f}% | {f.mape_capacity_pct:.1f}% |"
-        )
-    return "\n".join(lines)
-
-
-def plot(results: list[Calibration], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [r.profile.pair for r in results]
-    fig, (cap, err) = plt.subplots(1, 2, figsize=(12, 4.5))
-    cap.barh(names, [r.profile.capacity_mu_s for r in results], color="tab:green")
-    cap.set(xlabel="capacity (MU/s; reference = 1000)", title="Capacity at the SLO")
-    y = range(len(results))
-    err.barh(
-        [i - 0.2 for i in y],
-        [r.profile.fit.mape_busy_pct for r in results if r.profile.fit],
-        height=0.4,
-        label="busy time, held-out classes",
-    )
-    err.barh(
-        [i + 0.2 for i in y],
-        [r.profile.fit.mape_capacity_pct for r in results if r.profile.fit],
-        height=0.4,
-        label="capacity, held-out mix",
-    )
-    err.axvline(10, color="red", ls="--", lw=1, label="10%")
-    err.set(yticks=list(y), yticklabels=names, xlabel="MAPE (%)", title="Prediction error")
-    err.legend(fontsize=8)
-    for ax in (cap, err):
-        ax.grid(alpha=0.3, axis="x")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", nargs="+", default=list(DEFAULT_PAIRS))
@@ -178,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     slo = SLO(ttft_p99_s=args.slo_ttft_p99_ms / 1e3, tpot_p99_s=args.slo_tpot_p99_ms / 1e3)
     tokenizer_dir = default_model_dir()
-    results: list[Calibration] = []
+    results: list[PairProfile] = []
     runs_by_pair: dict[str, list[Calibration]] = {}
     reference = PairProfile.load(args.reference) if args.reference else None
     args.out.mkdir(parents=True, exist_ok=True)
@@ -193,13 +143,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             runs.append(calibrate_pair(spec, slo, reference, not args.full, args.out))
             if args.repeat > 1:
                 runs[-1].profile.save(args.out / "runs" / f"{spec.name}-{repeat}.json")
-                profiles = {pair: [r.profile for r in cals] for pair, cals in runs_by_pair.items()}
-                (args.out / "reproducibility.md").write_text(table(profiles) + "\n")
+                spreads = {pair: [r.profile for r in cals] for pair, cals in runs_by_pair.items()}
+                (args.out / "reproducibility.md").write_text(table(spreads) + "\n")
         cal = runs[0]
         reference = reference or cal.profile
         cal.profile.save(args.profiles_dir / f"{spec.name}.json")
         write_report(cal, args.profiles_dir / spec.name / "report")
-        results.append(cal)
+        results.append(cal.profile)
         (args.out / "summary.md").write_text(summary(results) + "\n")
         plot(results, args.out / "summary.png")
     print(summary(results))
