@@ -130,8 +130,12 @@ class Calibrator:
         self.engine_at_start = start.record
         self.emulated = start.record is not None and start.record.engine == "sim"
         self._used_prompts = 0
+        self.start_time_scale = self.time_scale
+        """The node's own: each class and the held-out mix start from it. They measure only
+        a rate, corrected for up to 10% lost timeline, and slow down for themselves; the
+        capacity search's slowest scale would stretch every one of them."""
         self.baseline_time_scale = self.time_scale
-        """The time scale the capacity point was measured at: each class starts from it."""
+        """The time scale the capacity point was measured at (the profile records it)."""
         self._severity: dict[str, float] = {}
         self._cold = True
         """The engine lost its KV cache (new, or reloaded): shared prefixes need warming."""
@@ -276,7 +280,7 @@ class Calibrator:
     def measure_class(self, cls: RequestClass, concurrency: int) -> float:
         """Busy seconds per request of ``cls`` at ``concurrency`` (emulated time)."""
         count = max(self.s.waves * concurrency, MIN_CLASS_REQUESTS)
-        self._back_to(self.baseline_time_scale)
+        self._back_to(self.start_time_scale)
         for _ in range(MAX_CLASS_PACING_FIXES + 1):
             scale = self.time_scale
             run, paced, lost = self._run([cls] * count, concurrency, cls.name, rates_only=True)
@@ -387,7 +391,7 @@ class Calibrator:
         )
 
     def _mix_rps(self, mix: list[RequestClass], concurrency: int) -> float:
-        self._back_to(self.baseline_time_scale)
+        self._back_to(self.start_time_scale)
         for _ in range(MAX_CLASS_PACING_FIXES + 1):
             scale = self.time_scale
             run, paced, lost = self._run(mix, concurrency, "held-out mix", rates_only=True)
