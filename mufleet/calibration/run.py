@@ -205,18 +205,19 @@ class Calibrator:
         if run.errors:
             self.progress(f"  {len(run.errors)} errors, first: {run.errors[0]}")
         start, end = window["start"], window["end"]
-        wall = end.at - start.at
-        lost_share = min(max((end.lost_s - start.lost_s) / wall, 0.0), 0.5) if wall > 0 else 0.0
-        return run, self._paced(run, start, end, key, rates_only), lost_share
+        lost, wall = end.lost_s - start.lost_s, end.at - start.at
+        lost_share = min(max(lost / wall, 0.0), 0.5) if wall > 0 else 0.0
+        return run, self._paced(run, lost, wall, key, rates_only), lost_share
 
     def _paced(
-        self, run: LoadRun, start: EngineGauges, end: EngineGauges, key: str, rates_only: bool
+        self, run: LoadRun, lost: float, wall: float, key: str, rates_only: bool
     ) -> str | None:
-        """Judged on the measured window alone: filling the loop and cancelling its tail
-        cost the engine a burst of work that no measured request waited on."""
+        """Judged on the measured window alone (``lost`` timeline in ``wall`` seconds):
+        filling the loop and cancelling its tail cost the engine a burst of work that no
+        measured request waited on."""
         if not self.emulated:
             return None  # an engine that computes has no timeline to fall behind
-        lost, occupancy, wall = end.lost_s - start.lost_s, run.occupancy(), end.at - start.at
+        occupancy = run.occupancy()
         why = self.s.pace.verdict(lost, wall, occupancy, rates_only)
         if why is None:
             self._severity.pop(key, None)
