@@ -3,8 +3,9 @@
 One engine thread owns the model. Each iteration it admits waiting requests (up to
 ``max_num_sequences`` in flight, and a couple more of the top priority level: see
 :mod:`python_backends.engine_loop`), prefills each newcomer (reusing a cached prefix when
-one matches), then runs one decode step for every running sequence in a single batched
-forward pass: per-sequence KV states are left-padded to a common length and masked.
+one matches), then runs one decode step for every running sequence: batched, with each
+sequence attending over its own KV only (:mod:`python_backends.cpu_engine.ragged_decode`),
+so a request costs the same whichever requests share its batch.
 Finished sequences leave their KV in the :class:`PrefixCache` for later turns.
 """
 
@@ -18,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from python_backends.cpu_engine.prefix_cache import KVState, PrefixCache, kv_length
+from python_backends.cpu_engine.prefix_cache import KVState, PrefixCache
+from python_backends.cpu_engine.ragged_decode import SequenceKV, check_decoder, decode_step
 from python_backends.cpu_engine.sampling import TokenSampler
 from python_backends.engine_loop import EngineLoop, context_tail
 from python_backends.engine_types import EngineInfo, EngineStats, RequestPerf, TokenEvent
@@ -27,7 +29,7 @@ from python_backends.generation import GenerationSpec
 Emit = Callable[[TokenEvent], None]
 
 
-CPU_ENGINE_VERSION = "1"
+CPU_ENGINE_VERSION = "2"
 """Changes whenever the cpu engine's batching or caching rules change."""
 
 
@@ -49,7 +51,7 @@ class _Sequence:
     is_cancelled: Callable[[], bool]
     sampler: TokenSampler
     fed: list[int] = field(default_factory=list)
-    kv: KVState | None = None
+    kv: SequenceKV | None = None
     generated: list[int] = field(default_factory=list)
     log_probs: list[float] = field(default_factory=list)
     cached_tokens: int = 0
@@ -92,6 +94,7 @@ class CpuEngine(EngineLoop[_Sequence]):
         self.model = AutoModelForCausalLM.from_pretrained(
             str(config.model_dir), dtype=torch.float32
         ).eval()
+        check_decoder(self.model)
         self.vocab_size = int(hf_config.vocab_size)
         self.max_context = int(getattr(hf_config, "max_position_embeddings", 2048))
         self.prefix_cache = PrefixCache(config.prefix_cache_bytes)
@@ -159,7 +162,7 @@ class CpuEngine(EngineLoop[_Sequence]):
             past_key_values=_to_cache(kv) if kv is not None else None,
             use_cache=True,
         )
-        seq.kv = _from_cache(out.past_key_values)
+        seq.kv = SequenceKV(_from_cache(out.past_key_values), len(prompt) + seq.spec.max_new_tokens)
         seq.fed = prompt
         self.stats.prefill_tokens += len(new)
         self.stats.cached_prompt_tokens += cached
@@ -168,52 +171,13 @@ class CpuEngine(EngineLoop[_Sequence]):
             seq.context_logits = out.logits[0].float().numpy().copy()
         self._accept(seq, out.logits[0, -1])
 
-    @torch.inference_mode()
     def _decode(self, batch: list[_Sequence]) -> None:
-        lengths = [len(s.fed) for s in batch]
-        longest = max(lengths)
-        next_ids = torch.tensor([[s.generated[-1]] for s in batch], dtype=torch.long)
-        positions = torch.tensor([[n] for n in lengths], dtype=torch.long)
-        if len(batch) == 1:
-            kv = batch[0].kv
-            mask = None
-        else:
-            kv = self._pad_batch([s.kv for s in batch if s.kv is not None], lengths, longest)
-            mask = torch.zeros((len(batch), longest + 1), dtype=torch.long)
-            for row, n in enumerate(lengths):
-                mask[row, longest - n :] = 1
-        assert kv is not None
-        out = self.model(
-            input_ids=next_ids,
-            position_ids=positions,
-            attention_mask=mask,
-            past_key_values=_to_cache(kv),
-            use_cache=True,
-        )
-        merged = _from_cache(out.past_key_values)
+        kvs = [s.kv for s in batch if s.kv is not None]
+        assert len(kvs) == len(batch), "a decoding sequence without its KV"
+        logits = decode_step(self.model, [s.generated[-1] for s in batch], kvs)
         for row, seq in enumerate(batch):
-            start = longest - lengths[row]
-            seq.kv = tuple(
-                (k[row : row + 1, :, start:], v[row : row + 1, :, start:]) for k, v in merged
-            )
             seq.fed.append(seq.generated[-1])
-            self._accept(seq, out.logits[row, -1])
-
-    @staticmethod
-    def _pad_batch(kvs: list[KVState], lengths: list[int], longest: int) -> KVState:
-        layers = []
-        for layer in range(len(kvs[0])):
-            keys, values = [], []
-            for kv, n in zip(kvs, lengths, strict=True):
-                k, v = kv[layer]
-                pad = longest - n
-                if pad:
-                    k = torch.nn.functional.pad(k, (0, 0, pad, 0))
-                    v = torch.nn.functional.pad(v, (0, 0, pad, 0))
-                keys.append(k)
-                values.append(v)
-            layers.append((torch.cat(keys), torch.cat(values)))
-        return tuple(layers)
+            self._accept(seq, logits[row])
 
     # -- bookkeeping -------------------------------------------------------------------
     def _perf(self, seq: _Sequence) -> RequestPerf:
@@ -280,8 +244,8 @@ class CpuEngine(EngineLoop[_Sequence]):
         seq.finish_reason = reason
         seq.ended = True
         self.stats.completed += 1
-        if seq.kv is not None and kv_length(seq.kv) == len(seq.fed):
-            self.prefix_cache.insert(seq.fed, seq.kv)
+        if seq.kv is not None and seq.kv.length == len(seq.fed):
+            self.prefix_cache.insert(seq.fed, seq.kv.state())
         seq.kv = None
         if streamed:
             return
