@@ -18,8 +18,9 @@ from router.cost_model import PairProfile
 def summary(profiles: Sequence[PairProfile]) -> str:
     lines = [
         "| pair | capacity (MU/s) | req/s at capacity | concurrency | base (ms) "
-        "| prefill (µs/tok) | decode (ms/tok) | context (ns/tok²) | MAPE busy | MAPE capacity |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| prefill (µs/tok) | decode (ms/tok) | context (ns/tok²) | prefill context (ns/tok²) "
+        "| MAPE busy | MAPE capacity |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in profiles:
         c, f = p.coefficients, p.fit
@@ -28,6 +29,7 @@ def summary(profiles: Sequence[PairProfile]) -> str:
             f"| `{p.pair}` | {p.capacity_mu_s:.0f} | {p.capacity_rps:.2f} | "
             f"{p.capacity_concurrency} | {c.base_s * 1e3:.2f} | {c.prefill_token_s * 1e6:.2f} | "
             f"{c.output_token_s * 1e3:.3f} | {c.context_output_s * 1e9:.3f} | "
+            f"{c.prefill_context_s * 1e9:.3f} | "
             f"{f.mape_busy_pct:.1f}% | {f.mape_capacity_pct:.1f}% |"
         )
     return "\n".join(lines)

@@ -251,6 +251,12 @@ def _start_router(
         f"{params.hardware_profile.stem}.json" if sim and params.hardware_profile else ""
     )
     if not sim or not pair.exists():
+        if sim:
+            print(
+                f"mufleet up: no pair profile {pair} for this hardware profile; the router "
+                "prices the fleet with the cpu pair's (calibrate one: mufleet calibrate)",
+                file=sys.stderr,
+            )
         pair = paths.profiles() / "tiny-llama_cpu-2core.json"
     model = params.model_dir or params.tokenizer_dir
     restarters: list[dict[str, object]] = [

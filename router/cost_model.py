@@ -9,13 +9,18 @@ Definitions (``router/README.md`` has a worked example):
   features::
 
       busy_s = base_s
-             + prefill_token_s  * uncached_prompt_tokens
-             + cached_token_s   * cached_prompt_tokens
-             + output_token_s   * output_tokens
-             + context_output_s * output_tokens * mean_context
+             + prefill_token_s   * uncached_prompt_tokens
+             + cached_token_s    * cached_prompt_tokens
+             + output_token_s    * output_tokens
+             + context_output_s  * output_tokens * mean_context
+             + prefill_context_s * uncached_prompt_tokens * prefill_context
 
   where ``mean_context = prompt_tokens + (output_tokens - 1) / 2`` is the average context length
-  seen by the decode steps (0 output tokens -> 0 decode term). All coefficients are >= 0.
+  seen by the decode steps (0 output tokens -> 0 decode term), and ``prefill_context =
+  cached_prompt_tokens + (uncached_prompt_tokens + 1) / 2`` the average context an uncached
+  prompt token attends over. All coefficients are >= 0. The last term is prefill attention,
+  quadratic in the prompt: small against the prompt's linear work on a large model at these
+  lengths (the GPU pairs fit it at about 0), as large as it on a small one (the cpu pair).
 * ``capacity_mu_s(pair)`` is the MU/s the pair delivers at its SLO-bounded load. One MU is one
   millisecond of the **reference** pair's saturated work, so the reference pair has capacity
   ``1000`` MU/s; another pair X has capacity ``1000 * R_X / R_ref``, where R is the request
@@ -80,6 +85,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "cached_token_s",
     "output_token_s",
     "context_output_s",
+    "prefill_context_s",
 )
 """Coefficient names, in the column order of :func:`feature_matrix`."""
 
@@ -99,6 +105,9 @@ class CostCoefficients(BaseModel):
     """Per generated token (the request's share of one decode step at capacity batch size)."""
     context_output_s: float = Field(ge=0)
     """Per generated token per token of context (attention over the KV cache)."""
+    prefill_context_s: float = Field(default=0.0, ge=0)
+    """Per uncached prompt token per token it attends over (prefill attention); 0 in
+    profiles fitted without it."""
 
     def as_array(self) -> NDArray[np.float64]:
         """The coefficients as a vector in :data:`FEATURE_NAMES` order."""
@@ -216,11 +225,24 @@ def _mean_context(prompt_tokens: float, output_tokens: float) -> float:
     return max(0.0, prompt_tokens + (output_tokens - 1.0) / 2.0)
 
 
+def _prefill_pairs(prompt: float, cached: float) -> float:
+    """(uncached token, token it attends over) pairs of the prompt's prefill."""
+    uncached = max(prompt - cached, 0.0)
+    return uncached * (cached + (uncached + 1.0) / 2.0)
+
+
+def _prefill_s(c: CostCoefficients, prompt: float, cached: float) -> float:
+    return (
+        c.prefill_token_s * (prompt - cached)
+        + c.cached_token_s * cached
+        + c.prefill_context_s * _prefill_pairs(prompt, cached)
+    )
+
+
 def _busy_s(c: CostCoefficients, prompt: float, cached: float, output: float) -> float:
     return (
         c.base_s
-        + c.prefill_token_s * (prompt - cached)
-        + c.cached_token_s * cached
+        + _prefill_s(c, prompt, cached)
         + c.output_token_s * output
         + c.context_output_s * output * _mean_context(prompt, output)
     )
@@ -279,9 +301,8 @@ class CostModel:
 
     def prefill_mu(self, prompt_tokens: int, cached_tokens: int = 0) -> float:
         """The part of a request's MU that its prompt costs (what is done by its first token)."""
-        c = self._c
         uncached = max(prompt_tokens - cached_tokens, 0)
-        busy = c.prefill_token_s * uncached + c.cached_token_s * cached_tokens
+        busy = _prefill_s(self._c, float(cached_tokens + uncached), float(cached_tokens))
         return busy * self.capacity_mu_s
 
     def actual(self, shape: RequestShape) -> float:
@@ -308,6 +329,7 @@ def feature_matrix(shapes: Sequence[RequestShape]) -> NDArray[np.float64]:
             float(s.cached_tokens),
             float(s.output_tokens),
             float(s.output_tokens) * s.mean_context,
+            _prefill_pairs(float(s.prompt_tokens), float(s.cached_tokens)),
         )
         for s in shapes
     ]

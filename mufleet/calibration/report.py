@@ -115,6 +115,8 @@ def write_report(cal: Calibration, directory: Path) -> Path:
         f"| cached | {c.cached_token_s * 1e6:.3f} µs / cached prompt token |",
         f"| decode | {c.output_token_s * 1e3:.4f} ms / output token |",
         f"| context | {c.context_output_s * 1e9:.4f} ns / (output token × context token) |",
+        f"| prefill context | {c.prefill_context_s * 1e9:.4f} ns / (uncached prompt token × "
+        "token it attends over) |",
     ]
     if fit is not None:
         lines += [

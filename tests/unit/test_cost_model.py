@@ -35,6 +35,7 @@ TRUE = CostCoefficients(
     cached_token_s=2e-6,
     output_token_s=1.1e-3,
     context_output_s=3e-8,
+    prefill_context_s=2e-9,
 )
 SIMPLE = CostCoefficients(
     base_s=0.01,
@@ -185,7 +186,7 @@ def test_twice_as_fast_pair_gives_same_mu() -> None:
     ref_busy = _busy(TRUE, mix)
     # At capacity the engine is always busy: N requests take sum(busy_s) seconds.
     ref_rps = len(mix) / float(ref_busy.sum())
-    fast_coeffs = _scaled(TRUE, (0.5,) * 5)
+    fast_coeffs = _scaled(TRUE, (0.5,) * len(FEATURE_NAMES))
     fast_rps = len(mix) / float(_busy(fast_coeffs, mix).sum())
     assert fast_rps == pytest.approx(2 * ref_rps)
     capacity = reference_capacity(fast_rps, ref_rps)
@@ -205,7 +206,7 @@ def test_mu_of_standard_mix_is_pair_independent() -> None:
     the standard mix costs the same MU on both pairs."""
     mix = _shapes(300, seed=4)
     ref_rps = len(mix) / float(_busy(TRUE, mix).sum())
-    other_coeffs = _scaled(TRUE, (0.7, 0.3, 0.5, 1.4, 1.2))
+    other_coeffs = _scaled(TRUE, (0.7, 0.3, 0.5, 1.4, 1.2, 0.3))
     other_rps = len(mix) / float(_busy(other_coeffs, mix).sum())
     ref = CostModel(_profile(TRUE, capacity_rps=ref_rps))
     other = CostModel(
@@ -335,7 +336,7 @@ def test_fit_never_negative_and_optimal_when_unconstrained_fit_is_negative(seed:
     shapes = _shapes(300, seed=100 + seed)
     # Data generated with a negative cached-token and context coefficient (and noise), so
     # the unconstrained least-squares fit has negative entries.
-    signed = TRUE.as_array() * np.array([1.0, 1.0, -8.0, 1.0, -0.5])
+    signed = TRUE.as_array() * np.array([1.0, 1.0, -8.0, 1.0, -0.5, 1.0])
     a = feature_matrix(shapes)
     b = a @ signed * (1.0 + rng.normal(0.0, 0.02, len(shapes)))
     unconstrained = np.linalg.lstsq(a, b, rcond=None)[0]
@@ -355,6 +356,7 @@ def test_fit_unused_feature_gets_zero() -> None:
     assert fit.base_s == pytest.approx(0.002, rel=1e-9)
     assert fit.prefill_token_s == pytest.approx(1e-4, rel=1e-9)
     assert fit.cached_token_s == fit.output_token_s == fit.context_output_s == 0.0
+    assert fit.prefill_context_s == pytest.approx(0.0, abs=1e-15)
 
 
 def test_fit_all_negative_targets_give_zero() -> None:
@@ -495,6 +497,7 @@ def test_readme_worked_example() -> None:
         cached_token_s=5e-6,
         output_token_s=2.2e-3,
         context_output_s=7.2e-8,
+        prefill_context_s=5e-9,
     )
     ref = CostModel(_profile(TRUE, capacity_rps=12.0))
     other = CostModel(
@@ -507,11 +510,11 @@ def test_readme_worked_example() -> None:
     )
     shape = RequestShape(prompt_tokens=2000, output_tokens=300, cached_tokens=1500)
     assert other.capacity_mu_s == pytest.approx(450.0)
-    assert ref.busy_s(shape) == pytest.approx(0.3863455)
-    assert ref.mu(shape) == pytest.approx(386.3455)
-    assert other.busy_s(shape) == pytest.approx(0.7989292)
-    assert other.mu(shape) == pytest.approx(359.51814)
+    assert ref.busy_s(shape) == pytest.approx(0.388096)
+    assert ref.mu(shape) == pytest.approx(388.096)
+    assert other.busy_s(shape) == pytest.approx(0.80330545)
+    assert other.mu(shape) == pytest.approx(361.4874525)
     est = ref.estimate(2000, 1024, cached_tokens=1500, expected_output=0.3 * 1024)
-    assert est == pytest.approx(394.7629696)
-    assert ref.estimate(2000, 1024, cached_tokens=1500) == pytest.approx(1240.55328)
-    assert ref.actual(RequestShape(2000, 280, 1500)) == pytest.approx(362.9718)
+    assert est == pytest.approx(396.5134696)
+    assert ref.estimate(2000, 1024, cached_tokens=1500) == pytest.approx(1242.30378)
+    assert ref.actual(RequestShape(2000, 280, 1500)) == pytest.approx(364.7223)
