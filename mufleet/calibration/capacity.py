@@ -45,6 +45,8 @@ class LoadPoint:
     host_paced: bool = False
     pace_note: str = ""
     runs: int = 1
+    time_scale: float = 1.0
+    """Wall seconds per emulated second while it was measured."""
 
     @property
     def samples(self) -> int:
@@ -77,6 +79,7 @@ class LoadPoint:
             tpot_s=self.tpot_s + other.tpot_s,
             errors=self.errors + other.errors,
             runs=self.runs + other.runs,
+            time_scale=max(self.time_scale, other.time_scale),
         )
 
 

@@ -133,15 +133,17 @@ def write_report(cal: Calibration, directory: Path) -> Path:
         "",
         "## Load points (standard mix, every measurement in order)",
         "",
-        "| concurrency | requests | req/s | TTFT p99 (ms) | TPOT p99 (ms) | errors | verdict |",
-        "|---:|---:|---:|---:|---:|---:|---|",
+        "| concurrency | time scale | requests | req/s | TTFT p99 (ms) | TPOT p99 (ms) | errors "
+        "| verdict |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for lp in cal.load_points:
         verdict = "meets SLO" if lp.meets(p.slo) else "breaks SLO"
         if lp.host_paced:
             verdict = f"discarded: host-paced ({lp.pace_note})"
         lines.append(
-            f"| {lp.concurrency} | {lp.samples} | {lp.rps:.2f} | {lp.ttft_p99_s * 1e3:.1f} | "
+            f"| {lp.concurrency} | {lp.time_scale:g} | {lp.samples} | {lp.rps:.2f} | "
+            f"{lp.ttft_p99_s * 1e3:.1f} | "
             f"{lp.tpot_p99_s * 1e3:.2f} | {lp.errors} | {verdict} |"
         )
     lines += [

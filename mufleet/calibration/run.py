@@ -253,6 +253,7 @@ class Calibrator:
             errors=len(run.errors),
             host_paced=paced is not None,
             pace_note=paced or "",
+            time_scale=scale,
         )
 
     def capacity_search(self) -> CapacitySearch:
@@ -310,8 +311,9 @@ class Calibrator:
             f"{self.engine_at_start or 'unreported'}, time scale {self.time_scale:g})"
         )
         search = self.capacity_search()
-        self.baseline_time_scale = self.time_scale
         result = search.result
+        # A level above the knee may have slowed the emulation after the knee was measured.
+        self.baseline_time_scale = result.best.time_scale if result.best else self.time_scale
         concurrency, capacity_rps = result.concurrency, result.rps
         self.progress(f"[capacity] {capacity_rps:.2f} req/s at concurrency {concurrency}")
 

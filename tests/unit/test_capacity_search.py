@@ -28,6 +28,8 @@ class SyntheticEngine:
     """Level → the time scale it needs before it stops being host-paced."""
     time_scale: float = 1.0
     calls: list[tuple[int, int]] = field(default_factory=list)
+    scales: dict[int, set[float]] = field(default_factory=dict)
+    """Level → the time scales it was measured at."""
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -44,7 +46,16 @@ class SyntheticEngine:
             tpot[samples // 2] = 5.0
         paced = self.time_scale < self.paced_below_scale.get(level, 0.0)
         rps = level / (0.05 + 128 * tpot_mean)
-        return LoadPoint(level, rps, tuple(ttft), tuple(tpot), host_paced=paced, pace_note="lag")
+        self.scales.setdefault(level, set()).add(self.time_scale)
+        return LoadPoint(
+            level,
+            rps,
+            tuple(ttft),
+            tuple(tpot),
+            host_paced=paced,
+            pace_note="lag",
+            time_scale=self.time_scale,
+        )
 
 
 def search(engine: SyntheticEngine, **settings: object) -> CapacitySearch:
@@ -120,3 +131,19 @@ def test_scout_levels_far_inside_the_slo_are_cheap() -> None:
     search(engine).run()
     assert engine.calls[:3] == [(1, 8), (2, 8), (4, 8)]
     assert len(engine.calls) < 20
+
+
+def test_the_capacity_point_keeps_the_time_scale_it_was_measured_at() -> None:
+    """A level above the knee that slows the emulation after the knee was measured does
+    not change the scale the knee is recorded at."""
+    engine = SyntheticEngine(paced_below_scale={64: 2.0, 48: 4.0})
+
+    def slow_down(point: LoadPoint) -> bool:
+        engine.time_scale *= 2
+        return True
+
+    result = CapacitySearch(SearchSettings(SLO_), engine.measure, on_host_paced=slow_down).run()
+    assert engine.time_scale == 4.0
+    assert result.best is not None
+    assert result.best.time_scale == max(engine.scales[result.best.concurrency])
+    assert result.best.time_scale < engine.time_scale
