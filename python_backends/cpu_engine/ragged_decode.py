@@ -75,7 +75,7 @@ class SequenceKV:
 
 def check_decoder(model: torch.nn.Module) -> None:
     """Raises ``ValueError`` unless ``model`` has the Llama decoder layout that
-    :func:`decode_step` runs (Llama, Mistral and Qwen2 checkpoints have it)."""
+    :func:`decode_step` runs, with full attention (no sliding window)."""
     inner = getattr(model, "model", None)
     missing = [p for p in _DECODER_PARTS if not hasattr(inner, p)]
     if not missing and hasattr(model, "lm_head"):
@@ -84,6 +84,8 @@ def check_decoder(model: torch.nn.Module) -> None:
         missing += [p for p in _ATTENTION_PARTS if not hasattr(layer.self_attn, p)]
     elif not missing:
         missing = ["lm_head"]
+    if getattr(getattr(model, "config", None), "sliding_window", None):
+        missing.append("full attention (it has a sliding window)")
     if missing:
         raise ValueError(
             f"the cpu engine decodes Llama-layout checkpoints; {type(model).__name__} "

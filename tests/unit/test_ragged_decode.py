@@ -65,3 +65,13 @@ def test_state_is_the_prefix_of_a_longer_prefill(model: torch.nn.Module) -> None
 def test_a_model_without_the_decoder_layout_is_refused() -> None:
     with pytest.raises(ValueError, match="Llama-layout"):
         check_decoder(torch.nn.Linear(2, 2))
+
+
+def test_a_sliding_window_model_is_refused(model: torch.nn.Module) -> None:
+    model.config.sliding_window = 16
+    try:
+        with pytest.raises(ValueError, match="sliding window"):
+            check_decoder(model)
+    finally:
+        model.config.sliding_window = None
+    check_decoder(model)
