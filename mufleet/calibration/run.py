@@ -317,16 +317,17 @@ class Calibrator:
         concurrency, capacity_rps = result.concurrency, result.rps
         self.progress(f"[capacity] {capacity_rps:.2f} req/s at concurrency {concurrency}")
 
-        # Past its sequence limit the engine runs that many and the rest queue: the classes
-        # keep it just as full at the limit, for a fraction of the requests.
-        limit = self.engine_at_start.max_num_sequences if self.engine_at_start else None
-        busy_at = min(concurrency, limit or concurrency)
+        # Classes run at the capacity concurrency, queue included. At the engine's sequence
+        # limit itself a finished request's slot stays empty while the client sends the
+        # next one; past it the queue refills the slot at the next step, as at the capacity
+        # point. An engine whose step has a large fixed cost (the cpu one) would otherwise
+        # charge short requests for the emptier batches they leave behind.
         measured: list[ClassPoint] = []
         total = len(s.sweep.fit) + len(s.sweep.heldout)
         for k, (cls, heldout) in enumerate(
             [(c, False) for c in s.sweep.fit] + [(c, True) for c in s.sweep.heldout], start=1
         ):
-            busy = self.measure_class(cls, busy_at)
+            busy = self.measure_class(cls, concurrency)
             shape = self.prompts.shape(cls, 0)
             measured.append(ClassPoint(cls, shape, busy, heldout=heldout))
             self.progress(f"[classes {k}/{total}] {cls.name:<20} busy {busy * 1e3:9.2f} ms")
@@ -352,8 +353,8 @@ class Calibrator:
         held = [p for p in points if p.heldout]
         busy_mape = mape_pct([p.predicted_busy_s for p in held], [p.measured_busy_s for p in held])
 
-        mix = self._mix([(c, 1.0) for c in s.sweep.heldout], max(4 * busy_at, 48))
-        mix_rps = self._mix_rps(mix, busy_at)
+        mix = self._mix([(c, 1.0) for c in s.sweep.heldout], max(4 * concurrency, 48))
+        mix_rps = self._mix_rps(mix, concurrency)
         class_busy = {c: model.busy_s(self.prompts.shape(c, 0)) for c in set(mix)}
         mix_pred = 1.0 / (sum(class_busy[c] for c in mix) / len(mix))
         capacity_mape = mape_pct([mix_pred], [mix_rps])
