@@ -8,11 +8,12 @@ configuration is read from the node and recorded in the profile.
    at rising concurrency until p99 TTFT or p99 TPOT breaks the SLO, then bisects to the
    knee; the answer rests on at least 200 requests, and a breaking level is re-run before
    it counts. Its request rate on the standard mix, ``capacity_rps``, sets the pair's MU/s.
-2. **Busy time per class.** At the capacity concurrency (or the engine's sequence limit,
-   if the knee lies past it: the rest would only queue) each request class runs alone,
-   closed-loop; the steady request rate ``R`` gives the class's busy time ``1 / R`` (at
-   capacity the engine is always busy, so each request's share of it is the wall time
-   per completed request).
+2. **Busy time per class.** At the capacity concurrency, queue included, each request
+   class runs alone, closed-loop; the steady request rate ``R`` gives the class's busy
+   time ``1 / R`` (at capacity the engine is always busy, so each request's share of it
+   is the wall time per completed request). On an engine that computes, the sweep runs
+   in two passes, the second in reverse order, so that a drift in the host's speed
+   weighs on every class alike.
 3. **Fit.** Non-negative least squares of busy time on the cost model's features.
 4. **Held out.** Classes and a mixed workload never used for fitting: their measured busy
    time and throughput against the fitted model's prediction, as MAPE.
@@ -55,6 +56,11 @@ PROMPTS_PER_RUN = 1_000_000
 MIN_CLASS_REQUESTS = 240
 """Measured requests per class at least: a class's busy time is a mean round trip, and
 the predictions built on it inherit the noise of a short one."""
+COMPUTED_PASSES = 2
+"""Passes over the class sweep on an engine that computes (not emulated): its host's
+speed drifts over minutes, so each class runs in halves, forward then backward, and every
+class's measurement is centred on the same moment of the sweep."""
+HELDOUT_MIX = "held-out mix"
 
 
 @dataclass(frozen=True)
@@ -279,16 +285,31 @@ class Calibrator:
             self.time_scale = self.scale.set(time_scale)
             self._cold = True
 
-    def measure_class(self, cls: RequestClass, concurrency: int) -> float:
-        """Busy seconds per request of ``cls`` at ``concurrency`` (emulated time)."""
-        count = max(self.s.waves * concurrency, MIN_CLASS_REQUESTS)
+    def rates(
+        self, workloads: list[tuple[str, list[RequestClass]]], concurrency: int
+    ) -> dict[str, float]:
+        """Requests per emulated second of each named workload at ``concurrency``
+        (:data:`COMPUTED_PASSES` passes on an engine that computes, one on a sim)."""
+        passes = 1 if self.emulated else COMPUTED_PASSES
+        busy: dict[str, list[float]] = {name: [] for name, _ in workloads}
+        done, total = 0, passes * len(workloads)
+        for n in range(passes):
+            for name, classes in workloads if n % 2 == 0 else workloads[::-1]:
+                busy[name].append(1.0 / self._rate(classes[n::passes], concurrency, name))
+                done += 1
+                self.progress(
+                    f"[classes {done}/{total}] {name:<20} busy {busy[name][-1] * 1e3:9.2f} ms"
+                )
+        return {name: len(values) / sum(values) for name, values in busy.items()}
+
+    def _rate(self, classes: list[RequestClass], concurrency: int, key: str) -> float:
         self._back_to(self.start_time_scale)
         for _ in range(MAX_CLASS_PACING_FIXES + 1):
             scale = self.time_scale
-            run, paced, lost = self._run([cls] * count, concurrency, cls.name, rates_only=True)
-            if paced is None or not self._slow_down(f"{cls.name}: {paced}"):
+            run, paced, lost = self._run(classes, concurrency, key, rates_only=True)
+            if paced is None or not self._slow_down(f"{key}: {paced}"):
                 break
-        return 1.0 / engine_rps(run, scale, lost)
+        return engine_rps(run, scale, lost)
 
     def engine_record(self) -> EngineRecord | None:
         """The node's engine configuration now, with the time scale its capacity was
@@ -322,15 +343,16 @@ class Calibrator:
         # next one; past it the queue refills the slot at the next step, as at the capacity
         # point. An engine whose step has a large fixed cost (the cpu one) would otherwise
         # charge short requests for the emptier batches they leave behind.
-        measured: list[ClassPoint] = []
-        total = len(s.sweep.fit) + len(s.sweep.heldout)
-        for k, (cls, heldout) in enumerate(
-            [(c, False) for c in s.sweep.fit] + [(c, True) for c in s.sweep.heldout], start=1
-        ):
-            busy = self.measure_class(cls, concurrency)
-            shape = self.prompts.shape(cls, 0)
-            measured.append(ClassPoint(cls, shape, busy, heldout=heldout))
-            self.progress(f"[classes {k}/{total}] {cls.name:<20} busy {busy * 1e3:9.2f} ms")
+        count = max(s.waves * concurrency, MIN_CLASS_REQUESTS)
+        sweep = [(c, False) for c in s.sweep.fit] + [(c, True) for c in s.sweep.heldout]
+        mix = self._mix([(c, 1.0) for c in s.sweep.heldout], max(4 * concurrency, count))
+        rates = self.rates(
+            [(c.name, [c] * count) for c, _ in sweep] + [(HELDOUT_MIX, mix)], concurrency
+        )
+        measured = [
+            ClassPoint(c, self.prompts.shape(c, 0), 1.0 / rates[c.name], heldout=heldout)
+            for c, heldout in sweep
+        ]
 
         fit_points = [p for p in measured if not p.heldout]
         coefficients = fit_coefficients(
@@ -353,8 +375,7 @@ class Calibrator:
         held = [p for p in points if p.heldout]
         busy_mape = mape_pct([p.predicted_busy_s for p in held], [p.measured_busy_s for p in held])
 
-        mix = self._mix([(c, 1.0) for c in s.sweep.heldout], max(4 * concurrency, 48))
-        mix_rps = self._mix_rps(mix, concurrency)
+        mix_rps = rates[HELDOUT_MIX]
         class_busy = {c: model.busy_s(self.prompts.shape(c, 0)) for c in set(mix)}
         mix_pred = 1.0 / (sum(class_busy[c] for c in mix) / len(mix))
         capacity_mape = mape_pct([mix_pred], [mix_rps])
@@ -393,15 +414,6 @@ class Calibrator:
             standard_mix_predicted_rps=std_pred,
             notes=notes,
         )
-
-    def _mix_rps(self, mix: list[RequestClass], concurrency: int) -> float:
-        self._back_to(self.start_time_scale)
-        for _ in range(MAX_CLASS_PACING_FIXES + 1):
-            scale = self.time_scale
-            run, paced, lost = self._run(mix, concurrency, "held-out mix", rates_only=True)
-            if paced is None or not self._slow_down(f"held-out mix: {paced}"):
-                break
-        return engine_rps(run, scale, lost)
 
     def _profile(
         self,
