@@ -11,7 +11,7 @@ import pytest
 
 from mufleet.calibration.load import EngineTiming, LoadRun
 from mufleet.calibration.pacing import PaceCheck
-from mufleet.calibration.run import engine_rps
+from mufleet.calibration.run import Calibrator, engine_rps
 from mufleet.calibration.workload import (
     FULL_SWEEP,
     QUICK_SWEEP,
@@ -282,3 +282,35 @@ def test_measuring_some_of_the_loop_s_requests_gives_the_whole_loop_s_rate() -> 
     timings = _closed_loop(4, [0.5] * 4, waves=20)
 
     assert LoadRun(4, timings[::2]).steady_rps() == pytest.approx(8.0)
+
+
+def _sweeper(emulated: bool, order: list[tuple[str, int]]) -> Calibrator:
+    """A calibrator whose runs are stubbed: each one reads a busy time one unit longer than
+    the last, as on a host that slows down at a steady pace."""
+    cal = Calibrator.__new__(Calibrator)  # no node: only the sweep's order is under test
+    cal.emulated = emulated
+    cal.progress = lambda line: None
+    slower = itertools.count(1)
+
+    def rate(classes: list[object], concurrency: int, key: str) -> float:
+        order.append((key, len(classes)))
+        return 1.0 / next(slower)
+
+    cal._rate = rate  # type: ignore[method-assign,assignment]
+    return cal
+
+
+def test_a_computing_engine_sweeps_forward_then_back_and_a_steady_drift_cancels() -> None:
+    order: list[tuple[str, int]] = []
+    workloads = [(name, [name] * 10) for name in ("a", "b", "c")]
+    rates = _sweeper(False, order).rates(workloads, 4)  # type: ignore[arg-type]
+    assert order == [("a", 5), ("b", 5), ("c", 5), ("c", 5), ("b", 5), ("a", 5)]
+    assert [1.0 / rates[name] for name in "abc"] == pytest.approx([3.5, 3.5, 3.5])
+
+
+def test_an_emulated_engine_sweeps_once() -> None:
+    order: list[tuple[str, int]] = []
+    workloads = [(name, [name] * 10) for name in ("a", "b")]
+    rates = _sweeper(True, order).rates(workloads, 4)  # type: ignore[arg-type]
+    assert order == [("a", 10), ("b", 10)]
+    assert rates == {"a": 1.0, "b": 0.5}
