@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from python_backends.cpu_engine.prefix_cache import KVState
+from python_backends.cpu_engine.prefix_cache import KVState, kv_length
 
 _DECODER_PARTS = ("embed_tokens", "layers", "norm", "rotary_emb")
 _LAYER_PARTS = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
@@ -30,7 +30,7 @@ class SequenceKV:
     """One sequence's keys and values: a buffer per layer, filled up to ``length``."""
 
     def __init__(self, kv: KVState, capacity: int) -> None:
-        self.length = int(kv[0][0].shape[2])
+        self.length = kv_length(kv)
         capacity = max(capacity, self.length + 1)
         self._layers: list[tuple[torch.Tensor, torch.Tensor]] = []
         for keys, values in kv:
